@@ -1,0 +1,73 @@
+"""Availability patterns: which modalities delivered data.
+
+This module is the only place pattern names are made. Everything else
+(training, export, manifests, the runtime) asks it for keys, so a graph
+exported for ``audio+image`` is always found under that exact name.
+Pure Python on purpose: it is imported by the torch-free runtime.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import combinations
+
+SEPARATOR = "+"
+
+
+class Pattern(frozenset):
+    """A non-empty set of modality names, with a canonical string key."""
+
+    def __new__(cls, modalities: Iterable[str] = ()) -> "Pattern":
+        names = frozenset(modalities)
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"modality names must be non-empty strings, got {name!r}")
+            if SEPARATOR in name:
+                raise ValueError(f"modality name {name!r} may not contain {SEPARATOR!r}")
+        if not names:
+            raise ValueError("a pattern needs at least one modality")
+        return super().__new__(cls, names)
+
+    @property
+    def key(self) -> str:
+        """Canonical name: sorted modality names joined by '+', e.g. 'audio+image'."""
+        return SEPARATOR.join(sorted(self))
+
+    def __str__(self) -> str:
+        return self.key
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.key!r})"
+
+    @classmethod
+    def from_key(cls, key: str) -> "Pattern":
+        parts = key.split(SEPARATOR)
+        if any(not p for p in parts):
+            raise ValueError(f"malformed pattern key {key!r}")
+        pattern = cls(parts)
+        if pattern.key != key:
+            raise ValueError(f"pattern key {key!r} is not canonical; use {pattern.key!r}")
+        return pattern
+
+    @classmethod
+    def of_present(cls, inputs: Mapping[str, object]) -> "Pattern":
+        """The pattern of the keys whose value is not None."""
+        return cls(name for name, value in inputs.items() if value is not None)
+
+
+def all_patterns(modalities: Iterable[str]) -> list[Pattern]:
+    """Every non-empty subset of ``modalities``: fullest first, then by key.
+
+    Two modalities give 3 patterns, three give 7.
+    """
+    names = sorted(set(modalities))
+    if not names:
+        raise ValueError("all_patterns needs at least one modality")
+    out: list[Pattern] = []
+    for size in range(len(names), 0, -1):
+        out.extend(Pattern(c) for c in combinations(names, size))
+    return out
+
+
+def key(modalities: Iterable[str]) -> str:
+    """Shorthand for ``Pattern(modalities).key``."""
+    return Pattern(modalities).key
