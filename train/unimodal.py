@@ -1,0 +1,135 @@
+"""Unimodal pretraining: one encoder + a linear head on the samples that have that modality.
+
+The saved encoders are the "pretrained unimodal encoders" that the methods
+later freeze. Layout of ``out``:
+
+    encoder/          HF format (save_pretrained, safetensors) + mmedge_encoder.json
+    head.safetensors  the linear head (useful for unimodal baselines)
+    modality.json     name, type and the fitted preprocessing spec
+    metrics.json      val/test metrics, history, wall time, parameter counts
+    checkpoints/      last/ (resume point) and best.safetensors
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from train.batches import Batch, Collate
+from train.checkpoint import atomic_dir, write_json_atomic
+from train.data.registry import load_dataset
+from train.data.types import MultimodalDataset, Task
+from train.encoders import ModalityEncoder, build_encoder, default_encoder_config, load_encoder, minilm_dir
+from train.loop import LoopConfig, predict_logits, train_loop
+from train.metrics import task_metrics
+from train.seeding import seed_everything
+
+# Scratch encoders learn fast at the paper's lr; a pretrained transformer needs a gentler one.
+SCRATCH_LR, PRETRAINED_LR = 1e-3, 5e-5
+
+
+@dataclass
+class UnimodalConfig:
+    dataset: str = "av-digits"
+    modality: str = "image"
+    out: Path | None = None  # default: runs/<dataset>/unimodal/<modality>
+    encoder: str | None = None  # HF hub id or local dir; default: MiniLM for text, a scratch encoder otherwise
+    size: str = "small"  # scratch encoder size: tiny | small
+    hidden_size: int | None = None  # scratch encoders default to the text encoder's width when the dataset has text
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    limit: int | None = None  # cap per split, for quick runs
+    data_dir: Path | None = None
+    runs_dir: Path = Path("runs")
+    resume: bool = True
+    progress: bool = True
+
+
+def default_out(cfg: UnimodalConfig) -> Path:
+    return cfg.runs_dir / Path(cfg.dataset).name / "unimodal" / cfg.modality
+
+
+class UnimodalClassifier(nn.Module):
+    def __init__(self, encoder: ModalityEncoder, modality: str, num_classes: int, task: Task) -> None:
+        super().__init__()
+        self.encoder, self.modality, self.task = encoder, modality, task
+        self.head = nn.Linear(encoder.hidden_size, num_classes)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        mb = batch.modalities[self.modality]
+        cls = self.encoder(mb.inputs)[:, 0]
+        logits = self.head(cls)
+        labels = batch.labels[mb.rows]
+        if self.task == "multi-label":
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        else:
+            loss = nn.functional.cross_entropy(logits, labels)
+        return {"logits": logits, "loss": loss}
+
+
+def _make_encoder(cfg: UnimodalConfig, data: MultimodalDataset) -> tuple[ModalityEncoder, bool]:
+    """(encoder, is_pretrained)."""
+    spec = data.modalities[cfg.modality]
+    if cfg.encoder is not None:
+        return load_encoder(cfg.encoder, spec.type), True
+    if spec.type == "text":
+        return load_encoder(minilm_dir(), "text"), True
+    hidden = cfg.hidden_size
+    if hidden is None and any(m.type == "text" for m in data.modalities.values()):
+        # Match the pretrained text encoder so cross-modal tokens (CMPT proxies) share one width.
+        hidden = load_encoder(minilm_dir(), "text").hidden_size
+    return build_encoder(spec.type, default_encoder_config(spec.type, spec.preprocess, cfg.size, hidden)), False
+
+
+def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
+    """Train, evaluate on test, save the encoder; returns the metrics written to metrics.json."""
+    seed_everything(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+    if cfg.modality not in data.modalities:
+        raise ValueError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
+    out = cfg.out or default_out(cfg)
+    has = {s: [x for x in data.split(s) if x.inputs.get(cfg.modality) is not None] for s in ("train", "val", "test")}
+    if not has["train"]:
+        raise ValueError(f"no training sample of {data.name!r} has modality {cfg.modality!r}")
+    spec = data.modalities[cfg.modality]
+    encoder, pretrained = _make_encoder(cfg, data)
+    model = UnimodalClassifier(encoder, cfg.modality, data.num_classes, data.task)
+    collate = Collate({cfg.modality: spec}, data.task, data.num_classes)
+    loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, resume=cfg.resume,
+                          lr=cfg.lr or (PRETRAINED_LR if pretrained else SCRATCH_LR), progress=cfg.progress)
+    result = train_loop(model, has["train"], has["val"], collate, data.task, loop_cfg, out / "checkpoints")
+    test_logits, test_labels = predict_logits(model, has["test"], collate)
+    started = time.perf_counter()
+    metrics = {
+        "dataset": data.name, "modality": cfg.modality, "modality_type": spec.type, "task": data.task,
+        "pretrained_from": cfg.encoder or (str(minilm_dir()) if spec.type == "text" else None),
+        "num_samples": {k: len(v) for k, v in has.items()},
+        "test": task_metrics(data.task, test_logits, test_labels),
+        "best_epoch": result.best_epoch, "best_val": result.best_score,
+        "epochs": cfg.epochs, "train_wall_time_s": round(result.wall_time_s, 2),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+        "history": result.history,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+    }
+    with atomic_dir(out / "encoder") as tmp:
+        encoder.save_pretrained(tmp)
+    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
+    write_json_atomic(out / "modality.json", {"name": spec.name, "type": spec.type, "preprocess": spec.preprocess,
+                                              "labels": data.labels, "task": data.task})
+    metrics["save_time_s"] = round(time.perf_counter() - started, 2)
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
+
+
+def read_metrics(out: Path) -> dict[str, Any]:
+    return json.loads((Path(out) / "metrics.json").read_text())
