@@ -273,8 +273,8 @@ def test_default_encoder_config() -> None:
     image8 = default_encoder_config("image", {"size": [8, 8], "channels": 1}, "tiny")
     assert (image8["patch_size"], image8["channels"], image8["hidden_size"], image8["num_layers"]) == (2, 1, 32, 2)
     image64 = default_encoder_config("image", {"size": [64, 64], "channels": 3})
-    assert (image64["patch_size"], image64["hidden_size"], image64["num_layers"], image64["num_heads"]) == (8, 128, 4, 4)
-    assert image64["intermediate_size"] == 256
+    assert (image64["patch_size"], image64["hidden_size"], image64["num_layers"], image64["num_heads"]) == (8, 64, 4, 4)
+    assert image64["intermediate_size"] == 128
     series = default_encoder_config("timeseries", {"n_channels": 6, "max_frames": 50}, "tiny")
     assert series["n_features"] == 6 and series["max_positions"] == 51
     assert default_encoder_config("audio", {"n_features": 13}, "tiny")["max_positions"] == 513  # unfitted spec
@@ -284,7 +284,7 @@ def test_default_encoder_config() -> None:
                                   "small", hidden_size=384)
     assert wide["hidden_size"] == 384 and 384 % wide["num_heads"] == 0 and wide["max_positions"] == 32
     assert wide["vocab_size"] == 30522
-    assert build_encoder("image", image64).hidden_size == 128
+    assert build_encoder("image", image64).hidden_size == 64
     with pytest.raises(ValueError, match="size"):
         default_encoder_config("image", {"size": [8, 8]}, "huge")
     with pytest.raises(KeyError, match="n_features"):

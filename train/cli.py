@@ -22,9 +22,9 @@ def _add_unimodal(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<dataset>/unimodal/<modality>)")
     p.add_argument("--encoder", default=None,
                    help="HF hub id or local dir to start from (default: packaged MiniLM for text, scratch otherwise)")
-    p.add_argument("--size", choices=("tiny", "small"), default="small", help="scratch encoder size")
+    p.add_argument("--size", choices=("tiny", "small", "base"), default="small", help="scratch encoder size")
     p.add_argument("--hidden-size", type=int, default=None, help="scratch encoder width (default: per size)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="default: 1e-3 scratch, 5e-5 pretrained")
     p.add_argument("--seed", type=int, default=0)

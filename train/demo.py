@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs are written")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default: $MMEDGE_DATA_DIR or ./data)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per unimodal encoder")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per unimodal encoder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny encoders, 3 epochs, 200 samples per split (smoke run)")
     return p

@@ -43,7 +43,7 @@ class UnimodalConfig:
     encoder: str | None = None  # HF hub id or local dir; default: MiniLM for text, a scratch encoder otherwise
     size: str = "small"  # scratch encoder size: tiny | small
     hidden_size: int | None = None  # scratch encoders default to the text encoder's width when the dataset has text
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64
     lr: float | None = None
     seed: int = 0

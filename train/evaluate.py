@@ -1,0 +1,79 @@
+"""Per-pattern evaluation, always through ``model.pattern_module(pattern)``.
+
+This is the only evaluation path: the branch measured here is the exact module the
+exporter traces, so test numbers are the numbers of what ships.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.patterns import Pattern, all_patterns
+from train.batches import Collate
+from train.data.types import Sample
+from train.methods.base import MultimodalModel, PatternModule, pattern_inputs
+from train.metrics import task_metrics
+
+
+def predict_pattern(module: PatternModule, samples: Sequence[Sample], collate: Collate, batch_size: int = 128
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and encoded labels of samples that all have exactly ``module.pattern``."""
+    logits, labels = [], []
+    device = next(module.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            batch = collate(samples[start : start + batch_size])
+            inputs = tuple(t.to(device) for t in pattern_inputs(batch, module))
+            logits.append(module(*inputs)[0].float().cpu().numpy())
+            labels.append(batch.labels.numpy())
+    if not logits:
+        return np.zeros((0, collate.num_classes), np.float32), np.zeros((0,), np.int64)
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def evaluate_by_pattern(model: MultimodalModel, samples: Sequence[Sample], collate: Collate, batch_size: int = 128
+                        ) -> dict[str, dict[str, Any]]:
+    """Group ``samples`` by their own pattern and score each group through its branch.
+
+    Returns {pattern key: task metrics + "num_samples"}, fullest patterns first.
+    """
+    groups: dict[Pattern, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.pattern].append(s)
+    order = [p for p in all_patterns(model.modalities) if p in groups]
+    unknown = sorted(p.key for p in groups if p not in order)
+    if unknown:
+        raise ValueError(f"samples with patterns {unknown} do not fit a model over {model.modalities}")
+    was_training = model.training
+    model.eval()
+    try:
+        out: dict[str, dict[str, Any]] = {}
+        for pattern in order:
+            logits, labels = predict_pattern(model.pattern_module(pattern), groups[pattern], collate, batch_size)
+            out[pattern.key] = {**task_metrics(model.task, logits, labels), "num_samples": len(groups[pattern])}
+        return out
+    finally:
+        model.train(was_training)
+
+
+def restrict_to_pattern(samples: Sequence[Sample], pattern: Pattern) -> list[Sample]:
+    """The samples that have every modality of ``pattern``, with the others removed."""
+    return [s.restricted(pattern) for s in samples if pattern <= s.pattern]
+
+
+def evaluate_all_patterns(model: MultimodalModel, samples: Sequence[Sample], collate: Collate, batch_size: int = 128
+                          ) -> dict[str, dict[str, Any]]:
+    """Each pattern P scored on the samples that have P, with the other modalities withheld.
+
+    "What if only these sensors delivered?" for every P, on the same test set.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for pattern in all_patterns(model.modalities):
+        subset = restrict_to_pattern(samples, pattern)
+        if subset:
+            out.update(evaluate_by_pattern(model, subset, collate, batch_size))
+    return out
