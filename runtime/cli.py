@@ -6,8 +6,21 @@ groups stay fast and work on a device that installed the runtime alone
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to option help, unless the help already explains it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        flag = action.nargs == 0  # store_true/false: "(default: True)" on --no-x only confuses
+        if "default" in text or flag or default in (None, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {default})"
 
 # group -> (module with main(argv), one-line help, extra that provides it)
 GROUPS: dict[str, tuple[str, str, str | None]] = {
@@ -41,16 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, extra = GROUPS[group]
     try:
         module = importlib.import_module(module_name)
+        return int(module.main(rest) or 0)
     except ModuleNotFoundError as err:
-        if extra is None or err.name in (None, module_name):
+        if extra is None or not is_missing_dependency(err):
             raise
-        print(
-            f"mmedge {group}: needs the '{extra}' extra ({err.name} is not installed).\n"
-            f"Install it with: pip install 'mmedge[{extra}]'",
-            file=sys.stderr,
-        )
+        print(missing_extra_message(f"mmedge {group}", err, extra), file=sys.stderr)
         return 2
-    return int(module.main(rest) or 0)
+
+
+def is_missing_dependency(err: ModuleNotFoundError) -> bool:
+    """True when a third-party package is absent (not a bug in our own modules)."""
+    top = (err.name or "").split(".")[0]
+    return bool(top) and top not in ("runtime", "train", "export", "calibration")
+
+
+def missing_extra_message(prog: str, err: ModuleNotFoundError, extra: str) -> str:
+    return f"{prog}: needs {err.name!r}, which is not installed; install the extra: pip install 'mmedge[cpu,{extra}]'"
 
 
 if __name__ == "__main__":

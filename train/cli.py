@@ -5,6 +5,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from runtime.cli import DefaultsFormatter, is_missing_dependency, missing_extra_message
+from train.cli_ablation import add_ablation_parsers
+from train.cli_eval import add_eval_parser
+
 
 def _add_unimodal(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,7 +19,7 @@ def _add_unimodal(sub: argparse._SubParsersAction) -> None:
             "Hugging Face format (safetensors) plus metrics.json; the multimodal methods later freeze it. "
             "Seeded; re-running resumes from the last checkpoint. Multi-GPU: prefix with `accelerate launch -m train`."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--dataset", default="av-digits", help="av-digits, easy-vqa, or a user-format directory")
     p.add_argument("--modality", required=True, help="modality name in the dataset, e.g. image, audio, question")
@@ -24,10 +28,11 @@ def _add_unimodal(sub: argparse._SubParsersAction) -> None:
                    help="HF hub id or local dir to start from (default: packaged MiniLM for text, scratch otherwise)")
     p.add_argument("--size", choices=("tiny", "small", "base"), default="small", help="scratch encoder size")
     p.add_argument("--hidden-size", type=int, default=None, help="scratch encoder width (default: per size)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 scratch, 5e-5 pretrained")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch-size", type=int, default=None, help="image encoder patch (default: derived from the image)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 scratch, 5e-5 pretrained)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, init and dropout")
     p.add_argument("--limit", type=int, default=None, help="cap samples per split (quick runs)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default: $MMEDGE_DATA_DIR or ./data)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
@@ -38,7 +43,7 @@ def _run_unimodal(args: argparse.Namespace) -> int:
     from train.unimodal import UnimodalConfig, default_out, pretrain_unimodal
 
     cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out, encoder=args.encoder,
-                         size=args.size, hidden_size=args.hidden_size, epochs=args.epochs,
+                         size=args.size, hidden_size=args.hidden_size, patch_size=args.patch_size, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                          data_dir=args.data_dir, resume=args.resume)
     metrics = pretrain_unimodal(cfg)
@@ -75,7 +80,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
             "through that pattern's own branch (the module export traces). Saves model.safetensors, config.json "
             "and metrics.json under runs/<dataset>/<method>/. Seeded; re-running resumes from the last checkpoint."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     p.add_argument("--method", default="cmpt", help="registered method name (cmpt, late-fusion, modality-dropout)")
     p.add_argument("--dataset", default="av-digits", help="av-digits, easy-vqa, or a user-format directory")
@@ -85,11 +90,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (cmpt: lora_rank, lora_alpha, lora_dropout, align_weight, "
                         "modality_dropout, detach_align_target, proxy_init_std)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (the paper's image-text setting)")
     p.add_argument("--warmup-epochs", type=int, default=5, help="epochs at 0.1x lr before the poly(0.9) decay")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, wd 0.02, eps 1e-8)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, init and dropout")
     p.add_argument("--limit", type=int, default=None, help="cap samples per split (quick runs)")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default: $MMEDGE_DATA_DIR or ./data)")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
@@ -104,14 +109,10 @@ def _run_method(args: argparse.Namespace) -> int:
                       warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       limit=args.limit, data_dir=args.data_dir, resume=args.resume)
     metrics = train_method(cfg)
-    rows = metrics["test_by_pattern"]
-    names = sorted({k for r in rows.values() for k in r if k != "num_samples"})
-    width = max(len("pattern"), *(len(k) for k in rows))
+    from train.tables import pattern_table
+
     print(f"{metrics['dataset']} / {metrics['method']}: test metrics per available-modality pattern")
-    print(f"{'pattern':<{width}}  " + "  ".join(f"{n:>9}" for n in names) + "  samples")
-    for key, row in rows.items():
-        print(f"{key:<{width}}  " + "  ".join(f"{row.get(n, float('nan')):9.4f}" for n in names)
-              + f"  {row['num_samples']:7d}")
+    print(pattern_table(metrics["test_by_pattern"]))
     params = metrics["parameters"]
     print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
           f"train {metrics['train_wall_time_s']:.0f} s (best epoch {metrics['best_epoch'] + 1}/{metrics['epochs']})")
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     _add_unimodal(sub)
     _add_run(sub)
+    add_eval_parser(sub)
+    add_ablation_parsers(sub)
     return parser
 
 
@@ -138,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
+    except ModuleNotFoundError as err:
+        # A runtime-only install (mmedge[cpu]) has no torch: say what to install, not a traceback.
+        if not is_missing_dependency(err):
+            raise
+        print(missing_extra_message(f"mmedge train {args.command}", err, "train"), file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as err:
         # Bad input gets one clear line, not a traceback.
         print(f"mmedge train {args.command}: error: {err}", file=sys.stderr)

@@ -33,6 +33,9 @@ from train.seeding import seed_everything
 
 # Scratch encoders learn fast at the paper's lr; a pretrained transformer needs a gentler one.
 SCRATCH_LR, PRETRAINED_LR = 1e-3, 5e-5
+# easy-vqa's 64x64 images at patch 16 give 17 tokens instead of 65 at patch 8: a 384-wide ViT
+# then costs about as much as MiniLM per sample, which keeps 2-core CPU runs in minutes.
+DATASET_PATCH = {"easy-vqa": 16}
 
 
 @dataclass
@@ -43,6 +46,7 @@ class UnimodalConfig:
     encoder: str | None = None  # HF hub id or local dir; default: MiniLM for text, a scratch encoder otherwise
     size: str = "small"  # scratch encoder size: tiny | small
     hidden_size: int | None = None  # scratch encoders default to the text encoder's width when the dataset has text
+    patch_size: int | None = None  # image encoders: default per dataset (DATASET_PATCH), else derived from the size
     epochs: int = 20
     batch_size: int = 64
     lr: float | None = None
@@ -87,7 +91,9 @@ def _make_encoder(cfg: UnimodalConfig, data: MultimodalDataset) -> tuple[Modalit
     if hidden is None and any(m.type == "text" for m in data.modalities.values()):
         # Match the pretrained text encoder so cross-modal tokens (CMPT proxies) share one width.
         hidden = load_encoder(minilm_dir(), "text").hidden_size
-    return build_encoder(spec.type, default_encoder_config(spec.type, spec.preprocess, cfg.size, hidden)), False
+    patch = cfg.patch_size or (DATASET_PATCH.get(data.name) if spec.type == "image" else None)
+    config = default_encoder_config(spec.type, spec.preprocess, cfg.size, hidden, patch_size=patch)
+    return build_encoder(spec.type, config), False
 
 
 def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:

@@ -63,8 +63,12 @@ def default_encoder_config(
     preprocess_spec: dict[str, Any],
     size: str = "small",
     hidden_size: int | None = None,
+    patch_size: int | None = None,
 ) -> dict[str, Any]:
-    """A scratch build config derived from a modality's runtime.preprocess spec."""
+    """A scratch build config derived from a modality's runtime.preprocess spec.
+
+    ``patch_size`` overrides the derived image patch (it must divide the image size).
+    """
     _encoder_class(modality_type)  # validates the type
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
@@ -85,6 +89,10 @@ def default_encoder_config(
         if height % config["patch_size"] or width % config["patch_size"]:
             config["patch_size"] = next(p for p in range(config["patch_size"], 0, -1)
                                         if height % p == 0 and width % p == 0)
+        if patch_size is not None:
+            if height % patch_size or width % patch_size:
+                raise ValueError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
+            config["patch_size"] = int(patch_size)
     elif modality_type == "text":
         config.update(vocab_size=_vocab_size(spec),
                       max_positions=int(spec.get("max_length", spec.get("max_tokens", DEFAULT_MAX_TOKENS))))
