@@ -1,8 +1,11 @@
-"""`mmedge export` / `python -m export`: per-pattern ONNX export (the export issue fills this in)."""
+"""`mmedge export` / `python -m export`: per-pattern ONNX export into a deployable bundle."""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from runtime.manifest import PRECISIONS, Manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,20 +14,75 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export one ONNX graph per modality-availability pattern into a deployable bundle.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
-    build = sub.add_parser(
-        "build",
-        help="export a trained run to a bundle (not implemented yet)",
-        description="Export a trained run: one graph per pattern at fp32/fp16/int8. Arrives with the export issue.",
-    )
-    build.add_argument("--method", default="cmpt")
-    build.add_argument("--precision", default="fp32", help="fp32, fp16, int8, or a comma list")
+    b = sub.add_parser("build", help="export a trained run to a bundle",
+                       description="Export a trained run: one graph per pattern at fp32/fp16/int8, validated "
+                                   "against PyTorch on held-out samples, written atomically with a manifest.")
+    b.add_argument("--method", default="cmpt", help="method of the run (default: cmpt)")
+    b.add_argument("--precision", default="fp32",
+                   help=f"{', '.join(PRECISIONS)} or a comma list, e.g. fp32,fp16,int8 (default: fp32)")
+    b.add_argument("--run", type=Path, help="run directory (default: runs/<dataset>/<method>)")
+    b.add_argument("--dataset", help="dataset of the default run, and the source of calibration/validation samples "
+                                     "(default: av-digits for the run; the run's own dataset for samples)")
+    b.add_argument("--out", type=Path, help="bundle directory (default: bundles/<dataset>-<method>-<precisions>)")
+    b.add_argument("--allow-degraded", action="store_true",
+                   help="write graphs that miss their parity tolerance anyway, marked degraded in the manifest")
+    b.add_argument("--engine", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+                   help="also build TensorRT engines (needs TensorRT 10 and a GPU) (default: onnxruntime)")
+    b.add_argument("--calib-samples", type=int, default=64, help="train samples per pattern for calibration (default: 64)")
+    b.add_argument("--val-samples", type=int, default=512, help="test samples per pattern for parity (default: 512)")
+    b.add_argument("--int8-method", choices=("minmax", "entropy", "percentile"), default="minmax",
+                   help="INT8 calibration method (default: minmax)")
+    b.add_argument("--io-dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="FP16 graphs: float inputs/outputs as fp32 (simple hosts) or fp16 (GPU pipelines) (default: fp32)")
+    b.add_argument("--ort-format", action="store_true", help="also write .ort copies for onnxruntime minimal builds")
+    b.add_argument("--no-placeholders", action="store_true",
+                   help="skip the papers' full graph with placeholders (a benchmark baseline)")
+    b.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
+                   help="torch.onnx exporter; legacy (TorchScript tracing) is a faster escape hatch (default: dynamo)")
+    b.add_argument("--no-progress", action="store_true")
     return parser
 
 
+def format_table(manifest: Manifest) -> str:
+    head = ("pattern", "precision", "size KB", "max|dlogits|", "top1 agree", "metric d", "cos min", "export s", "calib s", "")
+    rows = [head]
+    for g in manifest.graphs:
+        p = g.parity
+        delta = p.get("metric_delta")
+        rows.append((g.pattern, g.precision, f"{g.size_bytes / 1024:.0f}", f"{p['max_abs']['logits']:.2e}",
+                     f"{p['top1_agreement']:.4f}", "-" if delta is None else f"{delta:+.4f}",
+                     f"{p['cosine_min']:.5f}", f"{g.export_time_s:.1f}",
+                     f"{g.calibration['seconds']:.1f}" if g.calibration else "-", "DEGRADED" if g.degraded else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
-        build_parser().print_help()
+        parser.print_help()
         return 0
-    print("mmedge export build: not implemented yet (see the export issue).", file=sys.stderr)
-    return 2
+    from export.build import BuildConfig, BuildError, build_bundle
+    from export.tensorrt import TensorRTUnavailable
+    from export.validate import ParityError
+    from runtime.manifest import load_manifest
+
+    try:
+        cfg = BuildConfig(method=args.method, precisions=args.precision, run=args.run, dataset=args.dataset,
+                          out=args.out, allow_degraded=args.allow_degraded, engine=args.engine,
+                          calib_samples=args.calib_samples, val_samples=args.val_samples,
+                          int8_method=args.int8_method, io_dtype=args.io_dtype, ort_format=args.ort_format,
+                          placeholders=not args.no_placeholders, progress=not args.no_progress,
+                          exporter=args.exporter)
+        out = build_bundle(cfg)
+    except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
+        kind = "parity failed" if isinstance(exc, ParityError) else "error"
+        print(f"mmedge export build: {kind}: {exc}", file=sys.stderr)
+        return 1
+    manifest = load_manifest(out)
+    print(format_table(manifest))
+    for b in manifest.baselines:
+        print(f"baseline (benchmark only): {b.file}  {b.size_bytes / 1024:.0f} KB  {b.export_time_s:.1f} s")
+    print(f"bundle: {out}  ({len(manifest.graphs)} graphs, precisions {', '.join(manifest.precisions)})")
+    return 0

@@ -1,0 +1,363 @@
+"""Build a deployable bundle from a trained run: export, convert, validate, write atomically.
+
+One bundle holds every requested precision (``Runtime.load(bundle_dir, precision=...)``
+picks one), so ``--precision fp32,fp16,int8`` writes ``bundles/<dataset>-<method>-fp32-fp16-int8/``
+with ``graphs/<precision>/<pattern>.onnx``; see runtime/manifest.py for the layout.
+
+Dependency note (DESIGN.md: runtime <- calibration <- export <- train): onnx.py, validate.py
+and tensorrt.py never import train; they take any module with ``input_names`` /
+``output_names``. This file is the one bridge that turns a *trained run* into a bundle, so it
+imports train's run loader and data registry, lazily, inside ``load_inputs``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
+from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
+                             validate_graph)
+from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
+from runtime.patterns import all_patterns
+from runtime.preprocess import FILE_KEYS
+
+DEFAULT_DATASET = "av-digits"
+ENGINES = ("onnxruntime", "tensorrt")
+
+
+@dataclass
+class BuildConfig:
+    method: str = "cmpt"
+    precisions: tuple[str, ...] = ("fp32",)
+    run: Path | None = None  # default: <runs_dir>/<dataset>/<method>
+    dataset: str | None = None  # where to take samples from; default: the run's own dataset
+    out: Path | None = None  # default: <bundles_dir>/<dataset>-<method>-<precisions joined by '-'>
+    runs_dir: Path = Path("runs")
+    bundles_dir: Path = Path("bundles")
+    data_dir: Path | None = None
+    allow_degraded: bool = False
+    engine: str = "onnxruntime"
+    calib_samples: int = 64  # train-split rows per pattern for FP16 ranges / INT8 calibration
+    val_samples: int | None = 512  # held-out test rows per pattern for parity (None: all)
+    batch_size: int = 32
+    int8_method: str = "minmax"
+    io_dtype: str = "fp32"
+    ort_format: bool = False  # also write .ort copies for onnxruntime minimal builds
+    placeholders: bool = True  # also export the papers' full graph with placeholders (benchmark only)
+    exporter: str = "dynamo"
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    seed: int = 0
+    threads: int = 1
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.precisions, str):
+            self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions:
+            raise ValueError(f"unknown precision(s) {bad or self.precisions}; choose from {', '.join(PRECISIONS)} "
+                             "or a comma list such as fp32,fp16,int8")
+        self.precisions = tuple(p for p in PRECISIONS if p in self.precisions)  # canonical order, no dupes
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.calib_samples < 2:
+            raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
+
+    def run_dir(self) -> Path:
+        return Path(self.run) if self.run else self.runs_dir / (self.dataset or DEFAULT_DATASET) / self.method
+
+
+@dataclass
+class PatternData:
+    """Per pattern: positional torch batches and numpy feeds (calibration: train, validation: test)."""
+
+    calib_args: list[tuple[Any, ...]]
+    calib_feeds: list[dict[str, np.ndarray]]
+    val_args: list[tuple[Any, ...]]
+    val_feeds: list[dict[str, np.ndarray]]
+    val_labels: np.ndarray
+
+
+class BuildError(RuntimeError):
+    """A build that cannot start or finish (missing run, calibration unavailable, ...)."""
+
+
+# ---- atomic directory -----------------------------------------------------------------------
+@contextmanager
+def atomic_bundle_dir(target: Path) -> Iterator[Path]:
+    """A temp dir ``.<name>.tmp-<pid>-*`` beside ``target``, renamed onto it only on success.
+
+    On any exception the temp dir is removed; after a SIGKILL it stays behind, but
+    runtime.manifest.load_manifest refuses temp-dir names, and the next build sweeps temp dirs
+    whose process is gone. The manifest is written last, so a partial dir never has one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be read by a device's service user
+    try:
+        yield tmp
+        old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _sweep_stale(target: Path) -> None:
+    for p in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)  # still running: leave it alone
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, PermissionError, IndexError):
+            pass
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+def load_inputs(cfg: BuildConfig) -> tuple[Any, Any]:
+    """(model in eval mode, dataset) from the run directory; the dataset is the run's own by default."""
+    from train.data.registry import load_dataset
+    from train.multimodal import load_run, read_run_config
+
+    run_dir = cfg.run_dir()
+    config = read_run_config(run_dir)
+    if config["method"] != cfg.method and cfg.run is None:
+        raise BuildError(f"{run_dir} holds a {config['method']!r} run, not {cfg.method!r}")
+    model = load_run(run_dir)
+    train_cfg = config.get("train", {})
+    source = cfg.dataset or train_cfg.get("dataset") or config["dataset"]["name"]
+    data_dir = cfg.data_dir or train_cfg.get("data_dir")
+    return model, load_dataset(source, data_dir, seed=cfg.seed)
+
+
+def pattern_data(model: Any, dataset: Any, pattern: Any, cfg: BuildConfig) -> PatternData:
+    from train.methods.base import pattern_inputs
+    from train.multimodal import collate_for
+
+    collate, module = collate_for(model), model.pattern_module(pattern)
+
+    def pick(split: str, n: int | None) -> list[Any]:
+        rows = [s for s in dataset.split(split) if all(s.inputs.get(m) is not None for m in pattern)]
+        random.Random(cfg.seed).shuffle(rows)
+        return [s.restricted(pattern) for s in rows[:n]]
+
+    def batches(samples: list[Any]) -> tuple[list[tuple[Any, ...]], list[dict[str, np.ndarray]], np.ndarray]:
+        args, feeds, labels = [], [], []
+        for i in range(0, len(samples), cfg.batch_size):
+            batch = collate(samples[i:i + cfg.batch_size])
+            a = pattern_inputs(batch, module)
+            args.append(a)
+            feeds.append({n: t.numpy() for n, t in zip(module.input_names, a)})
+            labels.append(batch.labels.numpy())
+        return args, feeds, (np.concatenate(labels) if labels else np.zeros(0))
+
+    calib, val = pick("train", cfg.calib_samples), pick("test", cfg.val_samples)
+    if len(calib) < 2 or not val:
+        raise BuildError(f"pattern {pattern.key}: {len(calib)} train / {len(val)} test samples have it; export "
+                         "needs >= 2 train and >= 1 test samples with every modality of the pattern")
+    c_args, c_feeds, _ = batches(calib)
+    v_args, v_feeds, v_labels = batches(val)
+    return PatternData(c_args, c_feeds, v_args, v_feeds, v_labels)
+
+
+def default_out(cfg: BuildConfig, dataset_name: str) -> Path:
+    return cfg.bundles_dir / f"{Path(dataset_name).name}-{cfg.method}-{'-'.join(cfg.precisions)}"
+
+
+def tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("mmedge", "torch", "transformers", "onnx", "onnxscript", "onnxruntime", "onnxconverter-common",
+                "numpy", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ---- conversion (calibration/ owns FP16 and INT8) -------------------------------------------------
+def convert_precision(precision: str, fp32_path: Path, out_path: Path, feeds: Sequence[dict[str, np.ndarray]],
+                      cfg: BuildConfig) -> dict[str, Any]:
+    """Write ``out_path`` at ``precision`` from the FP32 graph; returns the calibration report (JSON-able)."""
+    try:
+        if precision == "fp16":
+            from calibration.fp16 import convert_fp16
+
+            report = convert_fp16(fp32_path, out_path, list(feeds), io_dtype=cfg.io_dtype)
+        else:
+            from calibration.int8 import quantize_int8
+
+            report = quantize_int8(fp32_path, out_path, list(feeds), method=cfg.int8_method)
+    except ImportError as exc:
+        raise BuildError(f"{precision} needs calibration/{'fp16' if precision == 'fp16' else 'int8'}.py, which is "
+                         f"not available ({exc}); build --precision fp32 instead") from exc
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+
+def _calibration_summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("precision", "method", "io_dtype", "passed", "failures", "kept_fp32_op_types", "tolerance", "sizes")
+    out = {k: report[k] for k in keys if k in report}
+    if "kept_fp32" in report:
+        out["kept_fp32_count"] = len(report["kept_fp32"])
+    return out
+
+
+def _ort_copy(src: Path, dst: Path) -> None:
+    """ORT-format copy of exactly the validated graph, for onnxruntime minimal builds.
+
+    No graph optimisation: even ORT's "basic" level constant-folds the weight Casts of an FP16
+    graph and the weight DequantizeLinear of a QDQ graph back into FP32 initializers (the .ort
+    files came out larger than the .onnx ones). The device's ORT optimises at load time.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.optimized_model_filepath = str(dst)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+
+
+# ---- the build ------------------------------------------------------------------------------
+def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) -> Path:
+    """Export every pattern of the run at every requested precision into one atomic bundle.
+
+    ``model``/``dataset`` skip loading the run (tests, notebooks). Raises ParityError listing
+    every failing (pattern, precision, output) unless ``allow_degraded``.
+    """
+    if cfg.engine == "tensorrt":
+        from export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # fail before minutes of export work
+    if model is None or dataset is None:
+        model, dataset = load_inputs(cfg)
+    from tqdm.auto import tqdm
+
+    patterns = all_patterns(model.modalities)
+    out = Path(cfg.out or default_out(cfg, model.info.name))
+    seq = sequence_axes(model.info.modalities)
+    entries: list[GraphEntry] = []
+    results: list[ParityResult] = []
+    with atomic_bundle_dir(out) as tmp:
+        steps = tqdm(total=len(patterns) * len(cfg.precisions), desc=f"export {out.name}", unit="graph",
+                     disable=not cfg.progress)
+        for pattern in patterns:
+            key, module = pattern.key, model.pattern_module(pattern).eval()
+            data = pattern_data(model, dataset, pattern, cfg)
+            fp32 = tmp / "graphs" / "fp32" / f"{key}.onnx"
+            example = tuple(t[: min(4, len(t))] for t in data.calib_args[0])
+            info = export_pattern(module, example, fp32, dynamic_seq=seq,
+                                  exporter=cfg.exporter)  # type: ignore[arg-type]
+            ref = torch_outputs(module, data.val_args)
+            for precision in cfg.precisions:
+                steps.set_postfix_str(f"{key} {precision}")
+                path, calib = fp32, None
+                if precision != "fp32":
+                    path = tmp / "graphs" / precision / f"{key}.onnx"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    t0 = time.perf_counter()
+                    report = convert_precision(precision, fp32, path, data.calib_feeds, cfg)
+                    seconds = time.perf_counter() - t0
+                    rep = tmp / "reports" / precision / f"{key}.json"
+                    rep.parent.mkdir(parents=True, exist_ok=True)
+                    rep.write_text(json.dumps(report, indent=1, default=str) + "\n")
+                    calib = {**_calibration_summary(report), "report": relpath(rep, tmp),
+                             "seconds": round(seconds, 3)}
+                parity = validate_graph(path, key, precision, data.val_feeds, ref, task=model.task,
+                                        labels=data.val_labels, tolerance=cfg.tolerances.get(precision),
+                                        threads=cfg.threads)
+                results.append(parity)
+                entries.append(_entry(tmp, path, key, precision, parity, calib, info.seconds, cfg.ort_format))
+                steps.update(1)
+        steps.close()
+        failures = [f for r in results for f in r.failures]
+        if failures and not cfg.allow_degraded:
+            raise ParityError(failures, "Fix: more or other calibration samples (--calib-samples, --int8-method), "
+                                        "or pass --allow-degraded to write the bundle with these graphs marked "
+                                        "degraded")
+        if "fp32" not in cfg.precisions:  # the FP32 graphs were only the source of the conversions
+            shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
+        manifest = _manifest(tmp, model, entries, cfg)
+        if cfg.placeholders:
+            manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
+        if cfg.engine == "tensorrt":
+            from export.tensorrt import build_engines
+
+            manifest.extra["tensorrt"] = build_engines(tmp, manifest)
+        for rep in sorted((tmp / "reports").rglob("*.json")) if (tmp / "reports").is_dir() else []:
+            manifest.files[relpath(rep, tmp)] = sha256_file(rep)
+        manifest.save(tmp)  # last: a directory without manifest.json never loads
+    return out
+
+
+def _entry(tmp: Path, path: Path, key: str, precision: str, parity: ParityResult, calib: dict[str, Any] | None,
+           seconds: float, ort_format: bool) -> GraphEntry:
+    from export.onnx import graph_io
+
+    ins, outs = graph_io(path)
+    entry = GraphEntry(key, precision, relpath(path, tmp), sha256_file(path), path.stat().st_size, ins, outs,
+                       parity=parity.to_dict(), calibration=calib, degraded=not parity.passed,
+                       export_time_s=round(seconds, 3))
+    if ort_format:
+        ort_path = path.with_suffix(".ort")
+        _ort_copy(path, ort_path)
+        entry.ort_file, entry.ort_sha256 = relpath(ort_path, tmp), sha256_file(ort_path)
+    return entry
+
+
+def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig) -> Manifest:
+    full = [e for e in entries if e.pattern == all_patterns(model.modalities)[0].key][0]
+    modalities, files = {}, {}
+    for m, spec in model.info.modalities.items():
+        pre = dict(spec.preprocess)
+        for k in FILE_KEYS:
+            if pre.get(k):
+                src = Path(pre[k]).expanduser()
+                if not src.is_file():
+                    raise BuildError(f"modality {m!r} preprocessing references {src}, which does not exist")
+                dst = tmp / "preprocess" / m / src.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+                pre[k] = relpath(dst, tmp)
+                files[pre[k]] = sha256_file(dst)
+        inputs = [replace(i) for i in full.inputs if i.name.split(".", 1)[0] == m]
+        modalities[m] = ModalityEntry(m, spec.type, inputs, pre)
+    return Manifest(method=model.method_name, dataset=model.info.name, task=model.task,
+                    labels=list(model.info.labels), modalities=modalities, graphs=entries, files=files,
+                    tools=tool_versions(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    extra={"exporter": cfg.exporter, "opset": 18, "int8_method": cfg.int8_method,
+                           "io_dtype": cfg.io_dtype, "calib_samples": cfg.calib_samples,
+                           "val_samples": cfg.val_samples, "seed": cfg.seed})
+
+
+def _baseline(tmp: Path, model: Any, cfg: BuildConfig) -> tuple[list[GraphEntry], dict[str, Any]]:
+    """The papers' full graph with placeholders, FP32 only (a latency baseline, not a product graph)."""
+    path = tmp / "baseline" / "fp32" / "full-placeholders.onnx"
+    info = export_full_with_placeholders(model, path, exporter=cfg.exporter)  # type: ignore[arg-type]
+    entry = GraphEntry(all_patterns(model.modalities)[0].key, "fp32", relpath(path, tmp), sha256_file(path),
+                       info.size_bytes, info.inputs, info.outputs, export_time_s=round(info.seconds, 3))
+    return [entry], {m: placeholder_raw(s.preprocess) for m, s in model.info.modalities.items()}

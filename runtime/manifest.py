@@ -1,0 +1,216 @@
+"""The bundle format: ``manifest.json`` beside one graph per (pattern, precision).
+
+Layout of a bundle directory (every path in the manifest is relative to it)::
+
+    manifest.json
+    graphs/<precision>/<pattern key>.onnx     the product: one branch per availability pattern
+    graphs/<precision>/<pattern key>.ort      optional ORT-format copies (minimal builds)
+    baseline/<precision>/full-placeholders.onnx  the papers' way, for benchmarks only
+    preprocess/<modality>/tokenizer.json      files the preprocessing specs reference
+    reports/<precision>/<pattern key>.json    full calibration reports
+
+``load_manifest`` is the only reader: it checks the schema version, refuses any path that
+leaves the bundle (absolute, "..", symlinks pointing outside) and verifies the sha256 of
+every listed file, so a tampered or half-written bundle never loads. Stdlib (+ runtime).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from runtime.errors import BundleIntegrityError
+from runtime.patterns import Pattern
+from runtime.preprocess import FILE_KEYS
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str  # numpy name: "float32", "float16", "int64"
+    shape: list[int | str]  # symbolic axes are strings: "batch", "<modality>_seq"
+
+
+@dataclass
+class ModalityEntry:
+    name: str
+    type: str  # image | text | audio | timeseries
+    inputs: list[TensorSpec]
+    preprocess: dict[str, Any]  # runtime.preprocess spec; file keys relative to the bundle
+
+
+@dataclass
+class GraphEntry:
+    pattern: str  # canonical pattern key (runtime.patterns)
+    precision: str
+    file: str
+    sha256: str
+    size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parity: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # summary; the full report is a file under reports/
+    degraded: bool = False  # written with --allow-degraded although parity failed
+    export_time_s: float | None = None  # torch -> ONNX (FP32) time; conversion time is in calibration
+    ort_file: str | None = None
+    ort_sha256: str | None = None
+
+    def files(self) -> list[tuple[str, str]]:
+        out = [(self.file, self.sha256)]
+        if self.ort_file:
+            out.append((self.ort_file, self.ort_sha256 or ""))
+        return out
+
+
+@dataclass
+class Manifest:
+    method: str
+    dataset: str
+    task: str
+    labels: list[str]
+    modalities: dict[str, ModalityEntry]
+    graphs: list[GraphEntry]
+    baselines: list[GraphEntry] = field(default_factory=list)  # full graph with placeholders (benchmark only)
+    placeholders: dict[str, Any] = field(default_factory=dict)  # raw placeholder per modality for baselines
+    files: dict[str, str] = field(default_factory=dict)  # other bundled files: relative path -> sha256
+    tools: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def precisions(self) -> list[str]:
+        return [p for p in PRECISIONS if any(g.precision == p for g in self.graphs)]
+
+    def patterns(self, precision: str | None = None) -> list[str]:
+        return [g.pattern for g in self.graphs if precision is None or g.precision == precision]
+
+    def graph(self, pattern: str | Pattern, precision: str) -> GraphEntry:
+        key = pattern.key if isinstance(pattern, Pattern) else pattern
+        for g in self.graphs:
+            if g.pattern == key and g.precision == precision:
+                return g
+        have = sorted({(g.pattern, g.precision) for g in self.graphs})
+        raise KeyError(f"bundle has no graph for pattern {key!r} at {precision!r}; it has {have}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {"schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if version != SCHEMA_VERSION:
+            raise BundleIntegrityError(
+                f"manifest schema_version {version!r} is not {SCHEMA_VERSION}; re-export the bundle with this "
+                "version of mmedge (`mmedge export build ...`)")
+        try:
+            body = {k: v for k, v in d.items() if k != "schema_version"}
+            mods = {m: ModalityEntry(e["name"], e["type"], [TensorSpec(**t) for t in e["inputs"]],
+                                     dict(e["preprocess"])) for m, e in body.pop("modalities").items()}
+            graphs = [_graph(g) for g in body.pop("graphs")]
+            baselines = [_graph(g) for g in body.pop("baselines", [])]
+            return cls(modalities=mods, graphs=graphs, baselines=baselines, **body)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise BundleIntegrityError(f"malformed manifest: {type(exc).__name__}: {exc}") from None
+
+    def save(self, bundle_dir: Path) -> Path:
+        path = Path(bundle_dir) / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _graph(g: dict[str, Any]) -> GraphEntry:
+    g = dict(g)
+    g["inputs"] = [TensorSpec(**t) for t in g["inputs"]]
+    g["outputs"] = [TensorSpec(**t) for t in g["outputs"]]
+    return GraphEntry(**g)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_in_bundle(bundle_dir: Path, rel: str, *, pattern: str | None = None) -> Path:
+    """``bundle_dir / rel``, refusing absolute paths, ".." and symlinks that lead outside the bundle."""
+    if not isinstance(rel, str) or not rel:
+        raise BundleIntegrityError(f"manifest path {rel!r} is not a non-empty string", pattern=pattern, path=str(rel))
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    if pure.is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":") or ".." in pure.parts:
+        raise BundleIntegrityError(
+            f"manifest path {rel!r} leaves the bundle; bundle paths must be relative, without '..'. The bundle "
+            "was tampered with or hand-edited: re-export it", pattern=pattern, path=rel)
+    root = Path(bundle_dir).resolve()
+    full = (root / pure).resolve()  # follows symlinks
+    if full != root and root not in full.parents:
+        raise BundleIntegrityError(f"manifest path {rel!r} resolves to {full}, outside the bundle {root} "
+                                   "(a symlink?); re-export the bundle", pattern=pattern, path=rel)
+    return full
+
+
+def verify_file(bundle_dir: Path, rel: str, sha256: str, *, pattern: str | None = None) -> Path:
+    path = resolve_in_bundle(bundle_dir, rel, pattern=pattern)
+    if not path.is_file():
+        raise BundleIntegrityError(f"bundle file {rel!r} is missing from {bundle_dir}; re-export the bundle",
+                                   pattern=pattern, path=rel)
+    got = sha256_file(path)
+    if got != sha256:
+        raise BundleIntegrityError(f"bundle file {rel!r} has sha256 {got[:12]}..., the manifest says "
+                                   f"{str(sha256)[:12]}...: the file was modified or corrupted; re-export the "
+                                   "bundle", pattern=pattern, path=rel)
+    return path
+
+
+def load_manifest(bundle_dir: Path | str, *, verify: bool = True) -> Manifest:
+    """Read and check ``bundle_dir/manifest.json``; with ``verify`` every listed file's sha256 too."""
+    bundle_dir = Path(bundle_dir)
+    if is_bundle_temp(bundle_dir):
+        raise BundleIntegrityError(f"{bundle_dir} is the temp dir of an unfinished (or killed) export, not a "
+                                   "bundle; load the bundle it was building, or re-run the export",
+                                   path=str(bundle_dir))
+    path = bundle_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleIntegrityError(f"{bundle_dir} holds no {MANIFEST_FILE}; build a bundle with "
+                                   "`mmedge export build --method M --precision P`", path=str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleIntegrityError(f"{path} is not valid JSON: {exc}", path=str(path)) from None
+    manifest = Manifest.from_dict(data)
+    for g in [*manifest.graphs, *manifest.baselines]:
+        try:
+            Pattern.from_key(g.pattern)
+        except ValueError as exc:
+            raise BundleIntegrityError(f"manifest graph has a bad pattern key: {exc}", path=g.file) from None
+        for rel, digest in g.files():
+            (verify_file(bundle_dir, rel, digest, pattern=g.pattern) if verify
+             else resolve_in_bundle(bundle_dir, rel, pattern=g.pattern))
+    for rel, digest in manifest.files.items():
+        verify_file(bundle_dir, rel, digest) if verify else resolve_in_bundle(bundle_dir, rel)
+    for entry in manifest.modalities.values():
+        for key in FILE_KEYS:
+            if entry.preprocess.get(key):
+                resolve_in_bundle(bundle_dir, str(entry.preprocess[key]))
+    return manifest
+
+
+def is_bundle_temp(path: Path) -> bool:
+    """Temp dirs of an in-progress (or killed) build: ".<name>.tmp-*" beside the target."""
+    return Path(path).name.startswith(".") and ".tmp-" in Path(path).name
+
+
+def relpath(path: Path, bundle_dir: Path) -> str:
+    """POSIX-style path of ``path`` relative to ``bundle_dir`` (what the manifest stores)."""
+    return PurePosixPath(os.path.relpath(path, bundle_dir)).as_posix()
