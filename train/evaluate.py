@@ -77,3 +77,48 @@ def evaluate_all_patterns(model: MultimodalModel, samples: Sequence[Sample], col
         if subset:
             out.update(evaluate_by_pattern(model, subset, collate, batch_size))
     return out
+
+
+def predict_mixed(model: MultimodalModel, samples: Sequence[Sample], collate: Collate, batch_size: int = 128
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and encoded labels of samples with mixed availability, in input order.
+
+    Each pattern group runs through its own branch (as on a device, where each sample
+    takes the graph of the sensors that delivered), then rows go back to their places.
+    """
+    groups: dict[Pattern, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        groups[s.pattern].append(i)
+    known = set(all_patterns(model.modalities))
+    unknown = sorted(p.key for p in groups if p not in known)
+    if unknown:
+        raise ValueError(f"samples with patterns {unknown} do not fit a model over {model.modalities}")
+    logits = np.zeros((len(samples), collate.num_classes), np.float32)
+    labels: np.ndarray | None = None
+    was_training = model.training
+    model.eval()
+    try:
+        for pattern, rows in groups.items():
+            part_logits, part_labels = predict_pattern(model.pattern_module(pattern), [samples[i] for i in rows],
+                                                       collate, batch_size)
+            if labels is None:  # (N,) class indices or (N, C) multi-hot, whatever the collate encodes
+                labels = np.zeros((len(samples), *part_labels.shape[1:]), part_labels.dtype)
+            logits[rows], labels[rows] = part_logits, part_labels
+    finally:
+        model.train(was_training)
+    return logits, (labels if labels is not None else np.zeros((0,), np.int64))
+
+
+def evaluate_mixed(model: MultimodalModel, samples: Sequence[Sample], collate: Collate, batch_size: int = 128
+                   ) -> dict[str, Any]:
+    """Task metrics over ALL ``samples`` (mixed patterns), each scored through its own branch.
+
+    Returns task metrics + "num_samples" + "patterns" ({pattern key: count}, fullest first).
+    """
+    logits, labels = predict_mixed(model, samples, collate, batch_size)
+    counts: dict[str, int] = defaultdict(int)
+    for s in samples:
+        counts[s.pattern.key] += 1
+    order = [p.key for p in all_patterns(model.modalities) if p.key in counts]
+    return {**task_metrics(model.task, logits, labels), "num_samples": len(samples),
+            "patterns": {k: counts[k] for k in order}}

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from runtime.patterns import all_patterns
 from train.batches import Collate
 from train.checkpoint import atomic_dir
-from train.data.types import ModalitySpec, MultimodalDataset
+from train.data.types import ModalitySpec, MultimodalDataset, Sample
 from train.evaluate import evaluate_all_patterns, evaluate_by_pattern
 from train.loop import LoopConfig, train_loop
 from train.methods.base import OUTPUT_NAMES, DatasetInfo, MultimodalModel, get_method
@@ -55,10 +55,24 @@ class TrainConfig:
     runs_dir: Path = Path("runs")
     resume: bool = True
     progress: bool = True
+    # Lee et al. protocol: train (and validate) under a missing case, e.g. "missing-image" with
+    # eta 0.7 (train.data.masks.missing_case, seeded by ``seed``). None: the data as it is.
+    train_missing: str | None = None
+    train_eta: float = 0.7
 
 
 def default_out(cfg: TrainConfig) -> Path:
-    return cfg.runs_dir / Path(cfg.dataset).name / cfg.method
+    name = cfg.method
+    if cfg.train_missing is not None:  # beside the normal run, never over it
+        name = f"{cfg.method}-train-{cfg.train_missing}-{round(cfg.train_eta * 100)}"
+    return cfg.runs_dir / Path(cfg.dataset).name / name
+
+
+def mask_split(samples: list[Sample], modalities: list[str], case: str, eta: float, seed: int) -> list[Sample]:
+    """``samples`` under a missing case; a sample the data already lacks stays as it is."""
+    from train.data.masks import apply_patterns, missing_case
+
+    return apply_patterns(samples, missing_case(len(samples), modalities, eta, case, seed), on_empty="keep")
 
 
 def unimodal_dir(cfg: TrainConfig) -> Path:
@@ -113,6 +127,13 @@ def _jsonable(obj: Any) -> Any:
     return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(obj).items()}
 
 
+def _pattern_counts(samples: list[Sample], modalities: list[str]) -> dict[str, int]:
+    counts = {p.key: 0 for p in all_patterns(modalities)}
+    for s in samples:
+        counts[s.pattern.key] += 1
+    return counts
+
+
 def collate_for(model: MultimodalModel) -> Collate:
     return Collate(model.info.modalities, model.task, model.num_classes)
 
@@ -137,6 +158,10 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
     model = get_method(cfg.method).build(info, encoders, cfg.method_config)
     collate = collate_for(model)
     train, val, test = (dataset.split(s) for s in ("train", "val", "test"))
+    if cfg.train_missing is not None:  # test stays as given: the protocols mask it themselves
+        names = list(dataset.modalities)
+        train = mask_split(train, names, cfg.train_missing, cfg.train_eta, cfg.seed)
+        val = mask_split(val, names, cfg.train_missing, cfg.train_eta, cfg.seed + 1)
     loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           warmup_epochs=cfg.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress)
     result = train_loop(model, train, val or train, collate, info.task, loop_cfg, out / "checkpoints")
@@ -153,6 +178,8 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "train_wall_time_s": round(result.wall_time_s, 2),
         "eval_wall_time_s": round(time.perf_counter() - started, 2),
         "num_samples": {"train": len(train), "val": len(val), "test": len(test)},
+        "train_missing": cfg.train_missing, "train_eta": cfg.train_eta if cfg.train_missing else None,
+        "train_patterns": _pattern_counts(train, model.modalities),
         "history": result.history,
     }
     config = {

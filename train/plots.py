@@ -1,0 +1,107 @@
+"""PNG plots of the protocols: the missing-rate sweep (CMPT Fig. 2/3) and the Lee grid (Table 6).
+
+Agg backend (no display on a server); every file is written to a temp name and renamed,
+so a reader never sees half a PNG.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.figure import Figure  # noqa: E402
+
+MARKERS = "osD^v<>phX*"
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def plot_sweep(curves: Mapping[str, Mapping[str, Any]], path: Path, title: str | None = None) -> Path:
+    """Missing-rate sweeps, {legend label: missing_rate_sweep result}, as one PNG.
+
+    One run: one axes, a line per direction (which modality stays at 100%). Several runs
+    (methods, seeds): one panel per direction, a line per run, as in the paper's Fig. 3.
+    """
+    if not curves:
+        raise ValueError("plot_sweep needs at least one sweep result")
+    results = list(curves.values())
+    first = results[0]
+    dataset, metric = first["dataset"], first["metric"]
+    directions = list(first["curves"])
+    for label, r in curves.items():
+        if r["metric"] != metric or list(r["curves"]) != directions:
+            raise ValueError(f"sweep {label!r} ({r['metric']}, {list(r['curves'])}) does not match "
+                             f"the first one ({metric}, {directions}); plot them separately")
+    ylabel = f"{metric} on {dataset} test"
+    if len(curves) == 1:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for k, d in enumerate(directions):
+            ax.plot(first["fractions"], first["curves"][d], marker=MARKERS[k % len(MARKERS)], label=first["labels"][d])
+        _style(ax, "% of the other modality available at test", ylabel)
+        ax.legend(title="test availability", fontsize=9)
+        fig.suptitle(title or f"{first.get('method', '')} on {dataset}: missing-rate sweep (trained on complete data)",
+                     fontsize=11)
+        return save_figure(fig, path)
+    fig, axes = plt.subplots(1, len(directions), figsize=(5.2 * len(directions), 4.2), sharey=True, squeeze=False)
+    for ax, d in zip(axes[0], directions):
+        others = [m for m in first["modalities"] if m != d]
+        for k, (label, r) in enumerate(curves.items()):
+            ax.plot(r["fractions"], r["curves"][d], marker=MARKERS[k % len(MARKERS)], label=label)
+        _style(ax, f"% of {' and '.join(others)} available ({d} at 100%)", ylabel if ax is axes[0][0] else None)
+        ax.set_title(f"available: {d}, missing: {', '.join(others)}", fontsize=10)
+    axes[0][-1].legend(fontsize=9)
+    fig.suptitle(title or f"{dataset}: missing-rate sweep (trained on complete data)", fontsize=11)
+    return save_figure(fig, path)
+
+
+def _style(ax: Any, xlabel: str, ylabel: str | None) -> None:
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_xlim(-3, 103)
+    ax.set_xticks(range(0, 101, 10))
+    ax.grid(alpha=0.3)
+
+
+def plot_lee_grid(result: Mapping[str, Any], path: Path, title: str | None = None) -> Path:
+    """The train x test grid of ``lee_grid`` as an annotated heatmap."""
+    import numpy as np
+
+    cases, desc = result["cases"], result["descriptions"]
+    values = np.array([[result["grid"][t][c] for c in cases] for t in cases], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.9 * len(cases) + 2.6, 1.3 * len(cases) + 1.8))
+    image = ax.imshow(values, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=f"{result['metric']} on {result['dataset']} test")
+    ticks = [f"{c}\n{desc[c]}" for c in cases]
+    ax.set_xticks(range(len(cases)), ticks, fontsize=8)
+    ax.set_yticks(range(len(cases)), ticks, fontsize=8)
+    ax.set_xlabel("test-time case")
+    ax.set_ylabel("train-time case")
+    middle = (np.nanmin(values) + np.nanmax(values)) / 2
+    for i in range(len(cases)):
+        for j in range(len(cases)):
+            # Dark text on the bright end of viridis, light text on the dark end.
+            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=11,
+                    color="black" if values[i, j] > middle else "white")
+    eta = round(100 * result["eta"])
+    ax.set_title(title or f"{result['method']} on {result['dataset']}: Lee et al. grid, eta = {eta}%", fontsize=11)
+    return save_figure(fig, path)
