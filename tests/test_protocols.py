@@ -144,6 +144,8 @@ def test_plot_sweep_overlays_several_runs(tmp_path: Path) -> None:
     curves = {name: missing_rate_sweep(tiny_model(2, name), test, fractions=[0, 50, 100])
               for name in ("late-fusion", "cmpt")}
     assert_png(plot_sweep(curves, tmp_path / "one" / "overlay.png", title="overlay"))
+    banded = {**curves["cmpt"], "sd": {m: [0.01] * 3 for m in curves["cmpt"]["curves"]}}  # ablation's mean +- sd
+    assert_png(plot_sweep({"cmpt": banded, "late-fusion": curves["late-fusion"]}, tmp_path / "band.png"))
     assert_png(plot_sweep({"cmpt": curves["cmpt"]}, tmp_path / "single.png"))
     assert not [p for p in tmp_path.rglob(".*")]  # no temp files left behind
     bad = dict(curves, other={**curves["cmpt"], "metric": "f1_macro"})

@@ -38,6 +38,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
 def plot_sweep(curves: Mapping[str, Mapping[str, Any]], path: Path, title: str | None = None) -> Path:
     """Missing-rate sweeps, {legend label: missing_rate_sweep result}, as one PNG.
 
+    A result with an "sd" dict of curves (mean over seeds) gets a shaded +- sd band.
+
     One run: one axes, a line per direction (which modality stays at 100%). Several runs
     (methods, seeds): one panel per direction, a line per run, as in the paper's Fig. 3.
     """
@@ -56,6 +58,7 @@ def plot_sweep(curves: Mapping[str, Mapping[str, Any]], path: Path, title: str |
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for k, d in enumerate(directions):
             ax.plot(first["fractions"], first["curves"][d], marker=MARKERS[k % len(MARKERS)], label=first["labels"][d])
+            _band(ax, first, d)
         _style(ax, "% of the other modality available at test", ylabel)
         ax.legend(title="test availability", fontsize=9)
         fig.suptitle(title or f"{first.get('method', '')} on {dataset}: missing-rate sweep (trained on complete data)",
@@ -66,11 +69,22 @@ def plot_sweep(curves: Mapping[str, Mapping[str, Any]], path: Path, title: str |
         others = [m for m in first["modalities"] if m != d]
         for k, (label, r) in enumerate(curves.items()):
             ax.plot(r["fractions"], r["curves"][d], marker=MARKERS[k % len(MARKERS)], label=label)
+            _band(ax, r, d)
         _style(ax, f"% of {' and '.join(others)} available ({d} at 100%)", ylabel if ax is axes[0][0] else None)
         ax.set_title(f"available: {d}, missing: {', '.join(others)}", fontsize=10)
     axes[0][-1].legend(fontsize=9)
     fig.suptitle(title or f"{dataset}: missing-rate sweep (trained on complete data)", fontsize=11)
     return save_figure(fig, path)
+
+
+def _band(ax: Any, result: Mapping[str, Any], direction: str) -> None:
+    """Mean +- sd over seeds, when the result carries an "sd" curve (aggregated ablation sweeps)."""
+    sd = (result.get("sd") or {}).get(direction)
+    if not sd or any(v is None for v in sd):
+        return
+    mean = result["curves"][direction]
+    ax.fill_between(result["fractions"], [m - v for m, v in zip(mean, sd)], [m + v for m, v in zip(mean, sd)],
+                    alpha=0.18, color=ax.get_lines()[-1].get_color(), linewidth=0)
 
 
 def _style(ax: Any, xlabel: str, ylabel: str | None) -> None:
