@@ -93,7 +93,7 @@ def verdict_lines(results: Mapping[str, Any]) -> list[str]:
                      f"(mean within one baseline sd or better)? {_yes(n['holds'])} "
                      f"(cmpt − baseline = {n['cmpt_minus_baseline'] * 100:+.2f} points, baseline sd "
                      f"{(n['baseline_sd'] or 0) * 100:.2f}).")
-    lines.append(f"- **The paper's claim as a whole holds here: {_yes(s['paper_claim_holds'])}.**")
+    lines.append(f"- The paper's claim as a whole holds here: {_yes(s['paper_claim_holds'])}.")
     return lines
 
 
