@@ -1,21 +1,89 @@
-"""`mmedge bench`: latency benchmarks (the runtime issue fills this in)."""
+"""`mmedge bench`: latency per pattern, precision and provider of a bundle, with the issue-5 ratios."""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from runtime.cli import DefaultsFormatter
+
+
+def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(cast(t.strip()) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list, got {text!r}") from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="mmedge bench",
-        description=(
-            "Latency per availability pattern, precision and provider for an exported bundle: "
-            "p50/p90/p99, throughput, session creation time and peak RSS. "
-            "Not implemented yet: it arrives with the runtime issue."
-        ),
-    )
+    p = argparse.ArgumentParser(
+        prog="mmedge bench", formatter_class=DefaultsFormatter,
+        description="Latency per availability pattern, precision and provider of an exported bundle: p50/p90/p99, "
+                    "throughput, session creation time and peak RSS, plus (a) single-modality graph vs the full "
+                    "graph with placeholders, (b) runtime overhead, (c) onnxruntime vs eager PyTorch (needs --run "
+                    "and the training extras), (d) FP16/INT8 vs FP32, and the cold start. Writes bench.json, "
+                    "bench.md and bench.png. Inputs are deterministic synthetic samples of valid shape.")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle directory (holds manifest.json)")
+    p.add_argument("--runs", type=int, default=200, help="timed runs per cell")
+    p.add_argument("--warmup", type=int, default=20, help="untimed warm-up runs per cell")
+    p.add_argument("--batch-sizes", type=_csv(int), default="1,8,32", metavar="B,B,..",
+                   help="comma list; 1 is always included")
+    p.add_argument("--precisions", type=_csv(str), default=None, metavar="P,P,..",
+                   help="comma list of fp32, fp16, int8 (default: all in the bundle)")
+    p.add_argument("--providers", type=_csv(str), default="cpu,cuda,tensorrt-ep,tensorrt", metavar="NAME,..",
+                   help="comma list of cpu, cuda, tensorrt-ep, tensorrt (native); unavailable ones are skipped "
+                        "with a reason")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's, for (c))")
+    p.add_argument("--run", type=Path, default=None, help="training run directory of the bundle, for (c)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: bench/<bundle name>/)")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
+    return p
+
+
+def _progress() -> tuple[Callable[[str], None], Callable[[], None]]:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # not a runtime dependency: plain lines
+        return (lambda s: print(f"  {s}", file=sys.stderr, flush=True)), (lambda: None)
+    bar = tqdm(desc="bench", unit="step", file=sys.stderr)
+
+    def step(s: str) -> None:
+        bar.set_postfix_str(s)
+        bar.update(1)
+    return step, bar.close
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("mmedge bench: not implemented yet (needs an exported bundle; see the runtime issue).")
-    return 2
+    args = build_parser().parse_args(argv)
+    from runtime.bench import PROVIDERS, BenchConfig, run_benchmark
+    from runtime.bench_report import markdown, write_outputs
+    from runtime.errors import MMEdgeError
+
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1 or any(b < 1 for b in args.batch_sizes):
+        print("mmedge bench: --runs, --threads and batch sizes must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    bad = [p for p in args.providers if p not in (*PROVIDERS, "tensorrt")]
+    if bad:
+        print(f"mmedge bench: unknown provider(s) {bad}; choose from {', '.join([*PROVIDERS, 'tensorrt'])}",
+              file=sys.stderr)
+        return 2
+    batches = tuple(sorted({1, *args.batch_sizes}))
+    out = args.out or Path("bench") / args.bundle.resolve().name
+    cfg = BenchConfig(bundle=args.bundle, runs=args.runs, warmup=args.warmup, batch_sizes=batches,
+                      precisions=args.precisions, providers=args.providers, threads=args.threads, run_dir=args.run,
+                      cold_start=not args.no_cold_start, cache_dir=out / "trt-cache")
+    step, close = _progress()
+    try:
+        rec = run_benchmark(cfg, step)
+    except (MMEdgeError, ValueError) as exc:  # bad bundle, or a precision it does not have
+        close()
+        print(f"mmedge bench: {exc}", file=sys.stderr)
+        return 2
+    close()
+    paths = write_outputs(rec, out, log=lambda s: print(s, file=sys.stderr))
+    print(markdown(rec))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

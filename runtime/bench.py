@@ -1,0 +1,375 @@
+"""Latency benchmark of a bundle: per pattern, precision and provider, plus the ratios of issue 5.
+
+Inputs (``runtime.bench_inputs``) are deterministic synthetic raw samples of valid shape, run
+through the bundle's own preprocessing; the full graph with placeholders gets the present
+modality's sample and the manifest's placeholder recipe for every other modality.
+
+Timing: ``warmup`` untimed calls, then ``runs`` calls each timed with ``perf_counter_ns``.
+Stats are percentiles (never a mean alone). onnxruntime uses ``threads`` intra-op threads
+(default 1, DESIGN.md) and one inter-op thread. torch is only imported inside ``torch_ratio``.
+Elsewhere: rendering (JSON/Markdown/PNG) in ``runtime.bench_report``, the machine record and the
+cold-start subprocess in ``runtime.bench_env``, native TensorRT engines in ``runtime.bench_trt``.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.bench_env import cold_start, machine_record
+from runtime.bench_inputs import Inputs, synthetic_raw  # noqa: F401 - re-exported for callers and tests
+from runtime.manifest import GraphEntry, Manifest, load_manifest
+from runtime.patterns import Pattern
+
+PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                             "tensorrt-ep": "TensorrtExecutionProvider"}
+TARGETS = {"a": 0.6, "b_rel": 0.05, "b_abs_ms": 0.05, "c": 3.0, "cold_s": 1.0, "cold_rss_mb": 200.0}
+
+
+@dataclass
+class BenchConfig:
+    bundle: Path
+    runs: int = 200
+    warmup: int = 20
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    precisions: tuple[str, ...] | None = None  # None: every precision in the bundle
+    providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt-ep", "tensorrt")
+    threads: int = 1
+    run_dir: Path | None = None  # training run for (c); None skips it
+    cold_start: bool = True
+    cache_dir: Path | None = None  # TensorRT EP engine cache
+
+
+# --------------------------------------------------------------------------- statistics
+def latency_stats(times_s: Sequence[float]) -> dict[str, float]:
+    """Percentiles (linear interpolation, numpy's default) and spread of timings, in ms."""
+    t = np.asarray(times_s, dtype=np.float64) * 1e3
+    if t.size == 0:
+        raise ValueError("latency_stats needs at least one timing")
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    return {"n": int(t.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "min_ms": float(t.min()), "max_ms": float(t.max()), "mean_ms": float(t.mean()),
+            "std_ms": float(t.std(ddof=1)) if t.size > 1 else 0.0}
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) * 1e-9)
+    return out
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], warmup: int, runs: int) -> list[list[float]]:
+    """Time several calls alternately, so load from other processes hits each of them alike (for ratios)."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, acc in zip(fns, out):
+            t0 = time.perf_counter_ns()
+            fn()
+            acc.append((time.perf_counter_ns() - t0) * 1e-9)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Process peak RSS so far (Linux reports KiB; macOS bytes). Monotonic over the run."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+# --------------------------------------------------------------------------- sessions
+def provider_status(name: str, bundle: Path, manifest: Manifest) -> tuple[bool, str]:
+    """Whether a provider can run here, and why not."""
+    import onnxruntime as ort
+
+    if name == "tensorrt":
+        from runtime.bench_trt import status
+
+        return status(bundle, manifest.files)
+    ep = PROVIDERS.get(name)
+    if ep is None:
+        return False, f"unknown provider {name!r}; choose from {sorted([*PROVIDERS, 'tensorrt'])}"
+    if ep not in ort.get_available_providers():
+        return False, f"{ep} not in onnxruntime.get_available_providers() = {ort.get_available_providers()}"
+    return True, ""
+
+
+def make_session(path: Path, provider: str, precision: str, threads: int, cache_dir: Path | None = None) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # FP16/INT8 graphs log harmless "Casts/fallback" warnings
+    chain: list[Any] = []
+    if provider == "tensorrt-ep":
+        opts = {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
+                "trt_engine_cache_enable": cache_dir is not None}
+        if cache_dir is not None:
+            opts["trt_engine_cache_path"] = str(cache_dir)
+        chain.append(("TensorrtExecutionProvider", opts))
+    if provider in ("cuda", "tensorrt-ep"):
+        chain.append("CUDAExecutionProvider")
+    chain.append("CPUExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=so, providers=chain)
+
+
+def bench_graph(path: Path, provider: str, precision: str, feeds_for: Callable[[int], dict[str, np.ndarray]],
+                cfg: BenchConfig, batch_sizes: Sequence[int]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sess = make_session(path, provider, precision, cfg.threads, cfg.cache_dir)
+    created = time.perf_counter() - t0
+    used = sess.get_providers()
+    out: dict[str, Any] = {"session_create_s": created, "providers_in_use": used,
+                           "fell_back": used[0] != PROVIDERS[provider], "batches": {}}
+    for b in batch_sizes:
+        feeds = feeds_for(b)
+        st = latency_stats(time_calls(lambda: sess.run(None, feeds), cfg.warmup, cfg.runs))
+        st["throughput_per_s"] = b / (st["p50_ms"] * 1e-3)  # samples/s at the median batch latency
+        out["batches"][str(b)] = st
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def bench_baseline(graph: GraphEntry, base: GraphEntry, provider: str, inputs: Inputs,
+                   cfg: BenchConfig) -> dict[str, Any]:
+    """The full graph fed ``graph``'s modality plus placeholders, timed alternately with ``graph`` (batch 1)."""
+    t0 = time.perf_counter()
+    sb = make_session(cfg.bundle / base.file, provider, "fp32", cfg.threads, cfg.cache_dir)
+    created = time.perf_counter() - t0
+    sg = make_session(cfg.bundle / graph.file, provider, "fp32", cfg.threads, cfg.cache_dir)
+    fb, fg = inputs.feeds(base, 1, present=Pattern.from_key(graph.pattern)), inputs.feeds(graph, 1)
+    tb, tg = time_interleaved([lambda: sb.run(None, fb), lambda: sg.run(None, fg)], cfg.warmup, cfg.runs)
+    st = latency_stats(tb)
+    st["throughput_per_s"] = 1 / (st["p50_ms"] * 1e-3)
+    return {"session_create_s": created, "providers_in_use": sb.get_providers(),
+            "fell_back": sb.get_providers()[0] != PROVIDERS[provider], "batches": {"1": st},
+            "paired_graph": latency_stats(tg), "peak_rss_mb": peak_rss_mb()}
+
+
+# --------------------------------------------------------------------------- ratios
+def _ratio_entry(num: float, den: float, **extra: Any) -> dict[str, Any]:
+    return {**extra, "ratio": num / den if den > 0 else float("nan")}
+
+
+def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
+    """(b) Runtime.predict (raw -> checks -> preprocessing -> graph -> top-k) vs bare ``session.run`` with
+    preprocessed feeds on the runtime's own session (same graph, same options), FP32, CPU, batch 1."""
+    note = "runtime.session.Runtime.predict end to end vs the same session's run()"
+    try:
+        from runtime.session import Runtime
+
+        rt = Runtime.load(cfg.bundle, precision="fp32", providers=["cpu"], intra_op_threads=cfg.threads)
+        predict: Callable[[dict[str, Any]], Any] = rt.predict
+        session_of: Callable[[str], Any] = rt.session
+    except Exception as exc:  # runtime absent or broken: measure the minimal equivalent path, and say so
+        note = f"Runtime unusable ({type(exc).__name__}: {exc}); measured preprocess + session.run instead"
+        sessions = {g.pattern: make_session(cfg.bundle / g.file, "cpu", "fp32", cfg.threads)
+                    for g in manifest.graphs if g.precision == "fp32"}
+        session_of = sessions.__getitem__
+
+        def predict(sample: dict[str, Any]) -> Any:
+            pat = Pattern.of_present(sample)
+            feeds: dict[str, np.ndarray] = {}
+            for m in sorted(pat):
+                feeds.update({f"{m}.{k}": v for k, v in inputs.pre[m]([sample[m]]).items()})
+            return sessions[pat.key].run(None, feeds)
+    entries = []
+    for g in (g for g in manifest.graphs if g.precision == "fp32"):
+        pat = Pattern.from_key(g.pattern)
+        sample = {m: (inputs.raw[m] if m in pat else None) for m in manifest.modalities}
+        sess, feeds = session_of(g.pattern), inputs.feeds(g, 1)
+        pre = [inputs.pre[m] for m in sorted(pat)]  # where the overhead goes: numpy preprocessing alone
+
+        def preprocess_only() -> None:
+            for p, m in zip(pre, sorted(pat)):
+                p([sample[m]])
+        t_bare, t_full, t_pre = time_interleaved([lambda: sess.run(None, feeds), lambda: predict(sample),
+                                                  preprocess_only], cfg.warmup, cfg.runs)
+        bare, full = latency_stats(t_bare), latency_stats(t_full)
+        over = full["p50_ms"] - bare["p50_ms"]
+        allowed = max(TARGETS["b_rel"] * bare["p50_ms"], TARGETS["b_abs_ms"])
+        entries.append({"pattern": g.pattern, "predict": full, "session_run": bare,
+                        "preprocess_only": latency_stats(t_pre), "overhead_ms": over,
+                        "overhead_rel": over / bare["p50_ms"], "allowed_ms": allowed, "met": over <= allowed})
+    return {"note": note, "precision": "fp32", "provider": "cpu", "batch": 1, "entries": entries,
+            "met": all(e["met"] for e in entries)}
+
+
+def torch_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
+    """(c) eager PyTorch (same pattern branch, `threads` threads) vs onnxruntime FP32 CPU, batch 1, alternating."""
+    if cfg.run_dir is None:
+        return {"skipped": "no training run given: pass --run RUN_DIR (the bundle's manifest does not record it)"}
+    try:  # lazily: the runtime must not import torch at import time
+        import torch
+
+        from train.multimodal import load_run
+    except ImportError as exc:
+        return {"skipped": f"torch / training extras not importable ({exc}); pip install 'mmedge[cpu,train]'"}
+    try:
+        model = load_run(Path(cfg.run_dir))
+    except Exception as exc:
+        return {"skipped": f"cannot load run {cfg.run_dir}: {type(exc).__name__}: {exc}"}
+    prev = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # match onnxruntime's intra-op threads
+    entries = []
+    try:
+        for g in (g for g in manifest.graphs if g.precision == "fp32"):
+            module = model.pattern_module(Pattern.from_key(g.pattern)).eval()
+            feeds = inputs.feeds(g, 1)
+            if list(module.input_names) != [s.name for s in g.inputs]:
+                return {"skipped": f"run {cfg.run_dir} does not match the bundle: pattern {g.pattern} takes "
+                                   f"{module.input_names}, the graph {[s.name for s in g.inputs]}"}
+            args = tuple(torch.from_numpy(feeds[n]) for n in module.input_names)
+            sess = make_session(cfg.bundle / g.file, "cpu", "fp32", cfg.threads)
+            with torch.inference_mode():
+                t_torch, t_ort = time_interleaved([lambda: module(*args), lambda: sess.run(None, feeds)],
+                                                  cfg.warmup, cfg.runs)
+            st, so = latency_stats(t_torch), latency_stats(t_ort)
+            speedup = st["p50_ms"] / so["p50_ms"]
+            entries.append({"pattern": g.pattern, "torch": st, "ort": so, "ort_p50_ms": so["p50_ms"],
+                            "speedup": speedup, "speedup_of_min": st["min_ms"] / so["min_ms"],
+                            "met": speedup >= TARGETS["c"]})
+    finally:
+        torch.set_num_threads(prev)
+    return {"run": str(cfg.run_dir), "torch": torch.__version__, "threads": cfg.threads, "entries": entries,
+            "met": all(e["met"] for e in entries)}
+
+
+# --------------------------------------------------------------------------- the run
+def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Everything of issue 5, section 2, measured in one process; returns the JSON-able record."""
+    bundle = Path(cfg.bundle)
+    manifest = load_manifest(bundle)
+    missing = sorted(set(cfg.precisions or ()) - set(manifest.precisions))
+    if missing:
+        raise ValueError(f"{bundle.name} has no {missing} graphs; it has {manifest.precisions}")
+    precisions = [p for p in manifest.precisions if cfg.precisions is None or p in cfg.precisions]
+    inputs = Inputs(manifest, bundle)
+    rec: dict[str, Any] = {
+        "bundle": bundle.name, "method": manifest.method, "dataset": manifest.dataset,
+        "settings": {"runs": cfg.runs, "warmup": cfg.warmup, "batch_sizes": list(cfg.batch_sizes),
+                     "precisions": precisions, "threads": cfg.threads,
+                     "inputs": "deterministic synthetic raw samples (seed 0) through the bundle's preprocessing; "
+                               "sequence length = the spec's max_frames / max_length",
+                     "input_shapes": inputs.describe()},
+        "machine": machine_record(cfg.threads), "providers": {}, "results": [], "baselines": [], "ratios": {}}
+    paired: list[dict[str, Any]] = []
+    for prov in cfg.providers:
+        ok, why = provider_status(prov, bundle, manifest)
+        rec["providers"][prov] = {"status": "ok"} if ok else {"status": "skipped", "reason": why}
+        if not ok:
+            continue
+        for prec in precisions:
+            for g in (g for g in manifest.graphs if g.precision == prec):
+                step(f"{prov} {prec} {g.pattern}")
+                if prov == "tensorrt":  # native engines, prebuilt by the export; no baseline engine exists
+                    from runtime.bench_trt import bench_engine, engine_path
+
+                    path = engine_path(bundle, prec, g.pattern)
+                    if not path.is_file():
+                        continue
+                    r = bench_engine(path, lambda b, g=g: inputs.feeds(g, b), cfg.batch_sizes,
+                                     lambda fn: latency_stats(time_calls(fn, cfg.warmup, cfg.runs)))
+                else:
+                    r = bench_graph(bundle / g.file, prov, prec, lambda b, g=g: inputs.feeds(g, b), cfg,
+                                    cfg.batch_sizes)
+                rec["results"].append({"pattern": g.pattern, "precision": prec, "provider": prov, **r})
+        for base in (b for b in manifest.baselines if b.precision == "fp32" and prov != "tensorrt"):
+            for m in sorted(manifest.modalities):  # (a): baseline with only m present, paired with m's graph
+                if m not in manifest.patterns("fp32"):
+                    continue
+                step(f"{prov} baseline ({m} present)")
+                rec["baselines"].append({"present": m, "file": base.file, "provider": prov,
+                                         **bench_baseline(manifest.graph(m, "fp32"), base, prov, inputs, cfg)})
+        if prov != "tensorrt" and len(precisions) > 1:
+            step(f"{prov} precisions paired")
+            paired += paired_precisions(manifest, inputs, prov, precisions, cfg)
+    rec["ratios"]["a"] = placeholder_ratio(rec)
+    rec["ratios"]["d"] = precision_ratio(rec, paired)
+    step("(b) runtime overhead")
+    rec["ratios"]["b"] = overhead_ratio(manifest, inputs, cfg)
+    step("(c) onnxruntime vs eager PyTorch")
+    rec["ratios"]["c"] = (torch_ratio(manifest, inputs, cfg) if "fp32" in manifest.precisions else
+                          {"skipped": "the bundle has no fp32 graphs"})
+    if cfg.cold_start:
+        step("cold start")
+        cold = rec["cold_start"] = cold_start(bundle, cfg.threads)
+        if "error" not in cold:
+            cold["met"] = cold["total_s"] < TARGETS["cold_s"] and cold["peak_rss_mb"] < TARGETS["cold_rss_mb"]
+    rec["peak_rss_mb"] = peak_rss_mb()
+    return rec
+
+
+def _p50(r: dict[str, Any], batch: str = "1") -> float:
+    return float(r["batches"][batch]["p50_ms"])
+
+
+def placeholder_ratio(rec: dict[str, Any]) -> dict[str, Any]:
+    """(a) single-modality graph vs the full graph with placeholders, FP32, batch 1, per provider.
+
+    Both p50s come from the same alternating measurement (``bench_baseline``), not the main table.
+    """
+    if not rec["baselines"]:
+        return {"skipped": "the bundle has no baseline (export with placeholders enabled)"}
+    entries = []
+    for b in rec["baselines"]:
+        g, base = b["paired_graph"]["p50_ms"], _p50(b)
+        e = _ratio_entry(g, base, pattern=b["present"], provider=b["provider"], graph_p50_ms=g, baseline_p50_ms=base,
+                         ratio_of_min=b["paired_graph"]["min_ms"] / b["batches"]["1"]["min_ms"])  # least noisy
+        entries.append({**e, "met": e["ratio"] <= TARGETS["a"]})
+    return {"target": TARGETS["a"], "entries": entries, "met": all(e["met"] for e in entries)}
+
+
+def paired_precisions(manifest: Manifest, inputs: Inputs, provider: str, precisions: Sequence[str],
+                      cfg: BenchConfig) -> list[dict[str, Any]]:
+    """(d) at batch 1: every precision of a pattern timed alternately, so load from other processes
+    (shared cores) does not land on one precision's cells only."""
+    out = []
+    for key in manifest.patterns("fp32"):
+        gs = [manifest.graph(key, p) for p in precisions if key in manifest.patterns(p)]
+        if len(gs) < 2 or gs[0].precision != "fp32":
+            continue
+        calls = []
+        for g in gs:
+            sess, feeds = make_session(cfg.bundle / g.file, provider, g.precision, cfg.threads, cfg.cache_dir), \
+                inputs.feeds(g, 1)
+            calls.append(lambda sess=sess, feeds=feeds: sess.run(None, feeds))
+        stats = [latency_stats(t) for t in time_interleaved(calls, cfg.warmup, cfg.runs)]
+        for g, st in zip(gs[1:], stats[1:]):
+            out.append(_ratio_entry(st["p50_ms"], stats[0]["p50_ms"], pattern=key, precision=g.precision,
+                                    provider=provider, batch=1, p50_ms=st["p50_ms"], fp32_p50_ms=stats[0]["p50_ms"],
+                                    paired=True))
+    return out
+
+
+def precision_ratio(rec: dict[str, Any], paired: list[dict[str, Any]]) -> dict[str, Any]:
+    """(d) latency of FP16 / INT8 over FP32, per pattern, provider and batch size (< 1 is faster):
+    batch 1 from ``paired_precisions``; larger batches from the table's cells (measured one after another)."""
+    fp32 = {(r["pattern"], r["provider"]): r for r in rec["results"] if r["precision"] == "fp32"}
+    entries = list(paired)
+    done = {(e["pattern"], e["precision"], e["provider"], "1") for e in paired}
+    for r in rec["results"]:
+        ref = fp32.get((r["pattern"], r["provider"]))
+        if r["precision"] == "fp32" or ref is None:
+            continue
+        for b in (b for b in r["batches"] if b in ref["batches"]):
+            if (r["pattern"], r["precision"], r["provider"], b) in done:
+                continue
+            entries.append(_ratio_entry(_p50(r, b), _p50(ref, b), pattern=r["pattern"], precision=r["precision"],
+                                        provider=r["provider"], batch=int(b), p50_ms=_p50(r, b),
+                                        fp32_p50_ms=_p50(ref, b), paired=False))
+    return {"entries": entries} if entries else {"skipped": "needs fp32 and another precision in the bundle"}

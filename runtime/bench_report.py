@@ -1,0 +1,163 @@
+"""Rendering of a benchmark record: JSON, Markdown and a PNG plot.
+
+matplotlib is not a runtime dependency: it is imported lazily and the PNG is skipped with a
+note when absent. Every file is written to a temp name beside its target, then renamed, so a
+killed run never leaves a half-written report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.bench import TARGETS
+
+# --------------------------------------------------------------------------- Markdown
+def _ms(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _verdict(sec: dict[str, Any]) -> str:
+    return "SKIPPED" if "skipped" in sec else ("MET" if sec.get("met") else "NOT MET")
+
+
+def target_lines(rec: dict[str, Any]) -> list[str]:
+    r = rec["ratios"]
+    a, b, c, cold = r["a"], r["b"], r["c"], rec.get("cold_start")
+    lines = []
+    if "skipped" in a:
+        lines.append(f"(a) single-modality / full graph with placeholders: SKIPPED ({a['skipped']})")
+    else:
+        got = ", ".join(f"{e['pattern']}@{e['provider']} {e['ratio']:.2f}x ({_ms(e['graph_p50_ms'])} / "
+                        f"{_ms(e['baseline_p50_ms'])} ms)" for e in a["entries"])
+        lines.append(f"(a) single-modality / full graph with placeholders, p50 b1 fp32: {got}; target <= "
+                     f"{TARGETS['a']}x: {_verdict(a)}")
+    got = ", ".join(f"{e['pattern']} +{e['overhead_ms'] * 1e3:.0f} µs ({100 * e['overhead_rel']:.1f}%; "
+                    f"{_ms(e['predict']['p50_ms'])} vs {_ms(e['session_run']['p50_ms'])} ms, of which numpy "
+                    f"preprocessing alone {e['preprocess_only']['p50_ms'] * 1e3:.0f} µs)" for e in b["entries"])
+    lines.append(f"(b) Runtime.predict vs session.run, p50 b1 fp32 cpu: {got}; target <= max(5%, 50 µs): "
+                 f"{_verdict(b)} [{b['note']}]")
+    if "skipped" in c:
+        lines.append(f"(c) onnxruntime fp32 vs eager PyTorch: SKIPPED ({c['skipped']})")
+    else:
+        got = ", ".join(f"{e['pattern']} {e['speedup']:.2f}x ({_ms(e['torch']['p50_ms'])} / {_ms(e['ort_p50_ms'])} ms)"
+                        for e in c["entries"])
+        lines.append(f"(c) eager PyTorch / onnxruntime fp32, p50 b1 cpu, {c['threads']} thread(s): {got}; "
+                     f"target >= {TARGETS['c']}x: {_verdict(c)}")
+    if not cold:
+        lines.append("cold start: not measured (--no-cold-start)")
+    elif "error" in cold:
+        lines.append(f"cold start: FAILED ({cold['error'][-300:]})")
+    else:
+        lines.append(f"cold start (import + load + first predict): {cold['total_s']:.3f} s, peak RSS "
+                     f"{cold['peak_rss_mb']:.0f} MB (process wall incl. interpreter {cold['process_wall_s']:.2f} s); "
+                     f"target < {TARGETS['cold_s']:.0f} s and < {TARGETS['cold_rss_mb']:.0f} MB: "
+                     f"{'MET' if cold['met'] else 'NOT MET'} [{cold['path']}]")
+    return lines
+
+
+def markdown(rec: dict[str, Any]) -> str:
+    batches = rec["settings"]["batch_sizes"]
+    m = rec["machine"]
+    gpu = m.get("gpu") or {}
+    out = [f"# Benchmark: {rec['bundle']}", "",
+           f"Machine: {m['cpu_model']}, {m['cpu_count']} cores (affinity {m['cpu_affinity']}); GPU: "
+           f"{', '.join(g['name'] for g in gpu.get('gpus', [])) or 'none'}; Python {m['python']}, onnxruntime "
+           f"{m['onnxruntime']}, numpy {m['numpy']}, TensorRT {m['tensorrt'] or 'absent'}; ORT intra-op threads "
+           f"{m['threads']['ort_intra_op']}, inter-op 1.",
+           f"Runs: {rec['settings']['warmup']} warm-up + {rec['settings']['runs']} timed per cell; latency in ms.", "",
+           "| pattern | precision | provider | p50 | p90 | p99 | min | mean ± std | "
+           + " | ".join(f"samples/s @b{b}" for b in batches) + " | session create (ms) |",
+           "|" + "---|" * (9 + len(batches))]
+    for r in rec["results"]:
+        if "1" not in r["batches"]:  # native TensorRT: engine refused batch 1 (errors are in the JSON)
+            continue
+        s = r["batches"]["1"]
+        tp = " | ".join(f"{r['batches'][str(b)]['throughput_per_s']:.0f}" if str(b) in r["batches"] else "-"
+                        for b in batches)
+        fb = " (fell back)" if r["fell_back"] else ""
+        out.append(f"| {r['pattern']} | {r['precision']} | {r['provider']}{fb} | {_ms(s['p50_ms'])} | "
+                   f"{_ms(s['p90_ms'])} | {_ms(s['p99_ms'])} | {_ms(s['min_ms'])} | {_ms(s['mean_ms'])} ± "
+                   f"{_ms(s['std_ms'])} | {tp} | {1e3 * r['session_create_s']:.1f} |")
+    for b in rec["baselines"]:
+        s = b["batches"]["1"]
+        out.append(f"| full+placeholders ({b['present']} present) | fp32 | {b['provider']} | {_ms(s['p50_ms'])} | "
+                   f"{_ms(s['p90_ms'])} | {_ms(s['p99_ms'])} | {_ms(s['min_ms'])} | {_ms(s['mean_ms'])} ± "
+                   f"{_ms(s['std_ms'])} | {s['throughput_per_s']:.0f} |" + " |" * (len(batches) - 1)
+                   + f" {1e3 * b['session_create_s']:.1f} |")
+    skipped = [f"{p}: {v['reason']}" for p, v in rec["providers"].items() if v["status"] != "ok"]
+    if skipped:
+        out += ["", "Skipped providers: " + "; ".join(skipped) + "."]
+    out += ["", "## Targets", ""] + [f"- {line}" for line in target_lines(rec)]
+    d = rec["ratios"]["d"]
+    if "entries" in d:
+        out += ["", "## (d) latency vs FP32 (p50 ratio; < 1 is faster)", "",
+                "Batch 1: the precisions of a pattern timed alternately (paired); larger batches: the table's "
+                "cells, measured one after another (more exposed to load from other processes).", "",
+                "| pattern | precision | provider | batch | p50 | fp32 p50 | ratio | paired |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {e['pattern']} | {e['precision']} | {e['provider']} | {e['batch']} | {_ms(e['p50_ms'])} | "
+                f"{_ms(e['fp32_p50_ms'])} | {e['ratio']:.2f}x | {'yes' if e['paired'] else 'no'} |"
+                for e in sorted(d["entries"], key=lambda e: (e["provider"], e["precision"], e["pattern"], e["batch"]))]
+    out += ["", f"Peak RSS of the benchmark process: {rec['peak_rss_mb']:.0f} MB."]
+    if rec.get("plot_note"):
+        out += ["", rec["plot_note"]]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- PNG and files
+def plot(rec: dict[str, Any], path: Path) -> str | None:
+    """p50 bars with p90 (tick) and p99 (whisker top) per pattern x precision/provider; None if no matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "PNG skipped: matplotlib is not installed (it is not a runtime dependency)."
+    rows = [(r["pattern"], f"{r['precision']}/{r['provider']}", r["batches"]["1"]) for r in rec["results"]
+            if "1" in r["batches"]]
+    rows += [(f"full+ph ({b['present']})", f"fp32/{b['provider']}", b["batches"]["1"]) for b in rec["baselines"]]
+    pats = list(dict.fromkeys(p for p, _, _ in rows))
+    series = list(dict.fromkeys(s for _, s, _ in rows))
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(pats) * max(1, len(series) / 3)), 4))
+    for i, s in enumerate(series):
+        xs, st = zip(*[(pats.index(p) + (i - (len(series) - 1) / 2) * width, v) for p, ss, v in rows if ss == s])
+        p50 = [v["p50_ms"] for v in st]
+        ax.bar(xs, p50, width, label=s, yerr=[[0] * len(st), [v["p99_ms"] - v["p50_ms"] for v in st]], capsize=3)
+        ax.scatter(xs, [v["p90_ms"] for v in st], marker="_", color="black", zorder=3)
+    ax.set_xticks(range(len(pats)), pats)
+    ax.set_ylabel("latency at batch 1 (ms): bar p50, tick p90, whisker p99")
+    ax.set_title(f"{rec['bundle']}: {rec['settings']['runs']} runs, {rec['settings']['threads']} thread(s)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return None
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_outputs(rec: dict[str, Any], out_dir: Path, log: Callable[[str], None] = lambda s: None) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md", "png": out_dir / "bench.png"}
+    note = plot(rec, paths["png"])
+    if note:
+        rec["plot_note"] = note
+        log(note)
+        del paths["png"]
+    _atomic_text(paths["json"], json.dumps(rec, indent=2, default=str) + "\n")
+    _atomic_text(paths["markdown"], markdown(rec))
+    return paths

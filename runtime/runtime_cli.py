@@ -1,0 +1,166 @@
+"""`mmedge runtime info|predict BUNDLE`: look inside a bundle, try a prediction. Torch-free.
+
+    mmedge runtime info bundles/av-digits-cmpt-fp32-fp16-int8
+    mmedge runtime predict bundles/av-digits-cmpt-fp32-fp16-int8 --image digit.png --audio mfcc.npy
+
+The per-modality flags (--image, --audio, --question/--text ...) come from the bundle's manifest:
+arrays as .npy (always), images also as .png/.jpg when Pillow is installed (not a runtime
+dependency), text inline or as @file.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import MMEdgeError
+from runtime.manifest import Manifest, load_manifest
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class CLIInputError(Exception):
+    """A file the CLI cannot read (the runtime itself never sees it)."""
+
+
+def read_raw(path_or_text: str, modality_type: str) -> Any:
+    """A CLI value as the runtime's raw input for a modality of ``modality_type``."""
+    if modality_type == "text":
+        if path_or_text.startswith("@"):
+            return Path(path_or_text[1:]).read_text().strip()
+        return path_or_text
+    path = Path(path_or_text)
+    if not path.is_file():
+        raise CLIInputError(f"{path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix in IMAGE_SUFFIXES and modality_type == "image":
+        try:
+            from PIL import Image
+        except ImportError:
+            raise CLIInputError(f"reading {suffix} needs Pillow, which the runtime does not depend on: "
+                                "pip install pillow, or save the frame as .npy (np.save)") from None
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB", "RGBA") else img)
+    raise CLIInputError(f"cannot read {path} for a {modality_type} input; use .npy"
+                        + (" or an image file (Pillow)" if modality_type == "image" else ""))
+
+
+def _flags(manifest: Manifest) -> dict[str, list[str]]:
+    """modality -> its CLI flags; text modalities also answer to --question/--text when unambiguous."""
+    out = {m: [f"--{m}"] for m in sorted(manifest.modalities)}
+    texts = [m for m, e in manifest.modalities.items() if e.type == "text"]
+    if len(texts) == 1:
+        out[texts[0]] += [f for f in ("--question", "--text") if f != f"--{texts[0]}"]
+    return out
+
+
+def info(bundle: Path, precision: str | None, providers: list[str] | None, as_json: bool) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from runtime.session import Runtime
+
+    m = load_manifest(bundle)
+    precision = precision or m.precisions[0]
+    rt = Runtime.load(bundle, precision=precision, providers=providers, warmup=False, intra_op_threads=1)
+    out: dict[str, Any] = {
+        "bundle": str(bundle), "method": m.method, "dataset": m.dataset, "task": m.task, "labels": m.labels,
+        "precisions": m.precisions,
+        "patterns": {p: m.patterns(p) for p in m.precisions},
+        "inputs": {name: {"type": e.type, "tensors": [{"name": t.name, "dtype": t.dtype, "shape": t.shape}
+                                                      for t in e.inputs]} for name, e in m.modalities.items()},
+        "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in m.graphs[0].outputs],
+        "graph_bytes": {f"{g.precision}/{g.pattern}": g.size_bytes for g in m.graphs},
+        "providers_available": ort.get_available_providers(),
+        "providers_requested": rt.requested_providers,
+        "providers_in_use": {f"{precision}/{k}": v for k, v in rt.providers.items()},
+    }
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return out
+    print(f"bundle      {bundle}  ({m.method} on {m.dataset}, {m.task}, {len(m.labels)} labels)")
+    print(f"precisions  {', '.join(m.precisions)}")
+    for p in m.precisions:
+        sizes = ", ".join(f"{g.pattern} {g.size_bytes / 1e6:.2f} MB" for g in m.graphs if g.precision == p)
+        print(f"  {p:<5} {sizes}")
+    print("inputs")
+    for name, e in m.modalities.items():
+        tensors = ", ".join(f"{t.name} {t.dtype}{t.shape}" for t in e.inputs)
+        print(f"  {name:<10} ({e.type}) -> {tensors}")
+    print(f"outputs     {', '.join(o['name'] for o in out['outputs'])}")
+    print(f"providers   available {out['providers_available']}")
+    print(f"            requested {rt.requested_providers}; in use at {precision}: "
+          f"{sorted({p for v in rt.providers.values() for p in v})}")
+    return out
+
+
+def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict[str, Any], top_k: int,
+            as_json: bool) -> dict[str, Any]:
+    from runtime.session import Runtime
+
+    rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True)
+    inputs = {m: raw.get(m) for m in rt.modalities}
+    pred = rt.predict(inputs, top_k=top_k)
+    out = {"pattern": pred.pattern, "precision": precision, "top": pred.top, "timings_ms": pred.timings,
+           "providers_in_use": rt.providers.get(pred.pattern)}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return out
+    print(f"pattern   {pred.pattern}  (missing: {', '.join(m for m in rt.modalities if inputs[m] is None) or 'none'})")
+    for label, p in pred.top:
+        print(f"  {label:<20} {p:.4f}")
+    t = pred.timings
+    print(f"timings   preprocess {t['preprocess_ms']:.2f} ms, inference {t['inference_ms']:.2f} ms, "
+          f"total {t['total_ms']:.2f} ms (first call: includes session creation)")
+    print(f"providers {out['providers_in_use']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="mmedge runtime", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("info", "patterns, precisions, inputs and providers of a bundle"),
+                        ("predict", "one prediction from files (per-modality flags come from the manifest)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("bundle", type=Path)
+        p.add_argument("--precision", default=None if name == "info" else "fp32")
+        p.add_argument("--providers", default=None, help="comma list, e.g. cpu or tensorrt,cuda,cpu (default: best)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "predict":
+            p.add_argument("--top-k", type=int, default=5)
+    args, rest = parser.parse_known_args(argv)
+    providers = args.providers.split(",") if args.providers else None
+    try:
+        if args.cmd == "info":
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            info(args.bundle, args.precision, providers, args.json)
+            return 0
+        manifest = load_manifest(args.bundle, verify=False)  # Runtime.load verifies; here only for the flags
+        flags = _flags(manifest)
+        mp = argparse.ArgumentParser(prog=f"mmedge runtime predict {args.bundle}")
+        for m, names in flags.items():
+            kind = manifest.modalities[m].type
+            mp.add_argument(*names, dest=m, default=None,
+                            help=f"{kind}: " + ("text, or @file.txt" if kind == "text" else ".npy"
+                                                + (" or .png/.jpg (needs Pillow)" if kind == "image" else "")))
+        margs = mp.parse_args(rest)
+        raw = {m: read_raw(v, manifest.modalities[m].type) for m, v in vars(margs).items() if v is not None}
+        if not raw:
+            mp.error(f"give at least one of {', '.join(f[0] for f in flags.values())}")
+        predict(args.bundle, args.precision, providers, raw, args.top_k, args.json)
+        return 0
+    except (MMEdgeError, CLIInputError, OSError, ValueError) as err:
+        print(f"mmedge runtime {args.cmd}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

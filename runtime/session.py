@@ -1,0 +1,382 @@
+"""The torch-free runtime: raw sensor data in, the graph of the present modalities' pattern run.
+
+    rt = Runtime.load("bundles/av-digits-cmpt-fp32-fp16-int8", precision="int8")
+    pred = rt.predict({"image": frame, "audio": None})   # -> Prediction(pattern="image", ...)
+
+Errors: ``predict``/``predict_batch`` raise only ``MMEdgeError`` subclasses, and bad input
+only ``RuntimeInputError`` subclasses (see runtime.errors), so a host loop survives any input.
+Threads: onnxruntime's ``InferenceSession.run`` is thread-safe, preprocessors are immutable,
+per-call state lives on the stack; the only lock guards lazy session creation.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from runtime import providers as prov
+from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, InputShapeError, MMEdgeError,
+                            NoModalityAvailable, NonFiniteInput, PatternNotAvailable, RuntimeInputError,
+                            UnknownModality, UnknownPrecision)
+from runtime.inputs import from_preprocess_error, from_unexpected
+from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
+from runtime.patterns import Pattern
+from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
+
+if TYPE_CHECKING:
+    from runtime.sensors import SensorHub
+
+LOGITS, PROBS = ("logits",), ("probabilities", "probs")
+EMBEDDING = ("fused_embedding", "embedding")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One sample's result. On a ``lazy`` runtime the first call of a pattern also creates its
+    session, and that time is inside ``inference_ms``."""
+
+    pattern: str  # key of the graph that ran, e.g. "audio+image"
+    probabilities: np.ndarray  # (num_labels,)
+    top: list[tuple[str, float]]  # (label, probability), best first
+    logits: np.ndarray | None
+    embedding: np.ndarray | None
+    timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
+    batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+
+class _Graph:
+    """One pattern's graph: entry, modalities, per-call constants, and its (lazily created) session."""
+
+    def __init__(self, entry: GraphEntry, path: Path) -> None:
+        self.entry, self.path, self.key = entry, path, entry.pattern
+        self.modalities = sorted(Pattern.from_key(entry.pattern))
+        self.outputs = [o.name for o in entry.outputs]
+        self.logits, self.probs = _pick(self.outputs, LOGITS), _pick(self.outputs, PROBS)
+        self.embedding = _pick(self.outputs, EMBEDDING)
+        # precomputed once: str(dtype) and shape parsing per call cost more than the checks themselves
+        self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
+                                tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape))
+                      for t in entry.inputs]
+        self.session: Any = None
+
+
+@dataclass(frozen=True)
+class _FeedSpec:
+    name: str
+    dtype: np.dtype
+    ndim: int
+    fixed: tuple[tuple[int, int], ...]  # (axis, size) of the non-symbolic axes
+    shape: list[int | str]
+
+
+def _pick(names: Sequence[str], wanted: Sequence[str]) -> str | None:
+    return next((n for n in wanted if n in names), None)
+
+
+class Runtime:
+    """Loaded bundle at one precision: one onnxruntime session per availability pattern."""
+
+    def __init__(self, bundle_dir: Path, manifest: Manifest, precision: str, chain: list[prov.ProviderSpec],
+                 intra_op_threads: int | None, prefer_ort_format: bool = False) -> None:
+        self.bundle_dir, self.manifest, self.precision = bundle_dir, manifest, precision
+        self._chain, self._threads = chain, intra_op_threads
+        self._lock = threading.Lock()
+        try:
+            self._pre: dict[str, Preprocessor] = {
+                m: make_preprocessor(e.preprocess, base_dir=bundle_dir) for m, e in manifest.modalities.items()}
+        except PreprocessError as err:
+            raise BundleIntegrityError(f"bundle preprocessing spec is unusable: {err}; re-export the bundle") from None
+        self._graphs: dict[str, _Graph] = {}
+        self._by_set: dict[frozenset[str], str] = {}
+        # .ort copies load ~3x faster, but they are pre-optimised for CPU: only when CPU is the only provider
+        use_ort = prefer_ort_format and prov.names(chain) == [prov.CPU]
+        for g in manifest.graphs:
+            if g.precision == precision:
+                self._graphs[g.pattern] = _Graph(g, bundle_dir / (g.ort_file if use_ort and g.ort_file else g.file))
+                self._by_set[Pattern.from_key(g.pattern)] = g.pattern
+        self.fallbacks: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: list[prov.ProviderSpec] | None = None,
+             *, lazy: bool = False, warmup: bool = True, intra_op_threads: int | None = None,
+             trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False) -> "Runtime":
+        """Verify the manifest and every graph's sha256, then create (or, ``lazy``, defer) the sessions.
+
+        ``providers``: onnxruntime names or aliases ("cpu", "cuda", "tensorrt"), optionally
+        ``(name, options)``; default TensorRT EP > CUDA EP > CPU, whichever this build has.
+        ``prefer_ort_format``: on CPU-only chains, load the bundle's ``.ort`` copies (faster cold start).
+        """
+        bundle_dir = Path(bundle_dir)
+        manifest = load_manifest(bundle_dir, verify=True)
+        if precision not in manifest.precisions:
+            raise UnknownPrecision(precision, manifest.precisions)
+        chain = prov.resolve(providers, precision, bundle_dir, Path(trt_cache_dir) if trt_cache_dir else None)
+        rt = cls(bundle_dir, manifest, precision, chain, intra_op_threads, prefer_ort_format)
+        if not lazy:
+            for key in rt._graphs:
+                rt.session(key, warmup=warmup)
+        return rt
+
+    def session(self, pattern: str | Pattern, *, warmup: bool = True) -> Any:
+        """The onnxruntime session of ``pattern``, created on first use (thread-safe)."""
+        key = pattern.key if isinstance(pattern, Pattern) else pattern
+        graph = self._graphs.get(key)
+        if graph is None:
+            raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; this runtime has "
+                                      f"{self.patterns}", pattern=key)
+        if graph.session is None:
+            with self._lock:  # double-checked: concurrent first calls build one session, not several
+                if graph.session is None:
+                    sess = self._create(graph)
+                    if warmup:
+                        self._warmup(graph, sess)
+                    graph.session = sess
+        return graph.session
+
+    def _create(self, graph: _Graph) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # FP16/INT8 graphs log harmless cast warnings; fallback is reported by us
+        if self._threads is not None:
+            so.intra_op_num_threads = self._threads
+            so.inter_op_num_threads = 1
+        try:
+            sess = ort.InferenceSession(str(graph.path), sess_options=so, providers=self._chain)
+        except Exception as exc:  # noqa: BLE001 - sha256 matched, so the exporter wrote a graph ORT rejects
+            raise BundleIntegrityError(f"onnxruntime cannot load {graph.path.name}: {type(exc).__name__}: {exc}; "
+                                       "re-export the bundle with a matching onnxruntime", pattern=graph.key,
+                                       path=graph.entry.file) from None
+        lost = prov.check_fallback(self._chain, sess.get_providers(), graph.key)
+        if lost:
+            self.fallbacks[graph.key] = lost
+        return sess
+
+    def _warmup(self, graph: _Graph, sess: Any) -> None:
+        feeds = {s.name: _dummy(s, self.manifest) for s in graph.entry.inputs}
+        try:
+            sess.run(graph.outputs, feeds)
+        except Exception as exc:  # noqa: BLE001
+            raise InferenceError(f"warm-up of {graph.entry.file} failed: {type(exc).__name__}: {exc}",
+                                 pattern=graph.key) from None
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def modalities(self) -> list[str]:
+        return sorted(self.manifest.modalities)
+
+    @property
+    def patterns(self) -> list[str]:
+        return list(self._graphs)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.labels)
+
+    @property
+    def providers(self) -> dict[str, list[str]]:
+        """Providers actually in use per pattern (sessions created so far), from ``session.get_providers()``."""
+        return {k: list(g.session.get_providers()) for k, g in self._graphs.items() if g.session is not None}
+
+    @property
+    def requested_providers(self) -> list[str]:
+        return prov.names(self._chain)
+
+    def graph(self, pattern: str) -> GraphEntry:
+        if pattern not in self._graphs:
+            raise PatternNotAvailable(f"no {self.precision} graph for pattern {pattern!r}; this runtime has "
+                                      f"{self.patterns}", pattern=pattern)
+        return self._graphs[pattern].entry
+
+    # ------------------------------------------------------------------ inference
+    def pattern_of(self, inputs: Any, index: int | None = None) -> str:
+        """The pattern key of the present (non-None) inputs; typed errors for anything else."""
+        if not isinstance(inputs, Mapping):
+            raise InputDtypeError(f"predict takes a dict {{modality: data or None}} over {self.modalities}, got "
+                                  f"{type(inputs).__name__}", index=index)
+        unknown = [k for k in inputs if k not in self._pre]
+        if unknown:
+            raise UnknownModality(f"unknown modality {unknown[0]!r}; this bundle has {self.modalities} (pass None "
+                                  "for a missing one)", modality=str(unknown[0]), index=index)
+        present = frozenset(k for k, v in inputs.items() if v is not None)
+        if not present:
+            raise NoModalityAvailable(f"every modality is missing (None); at least one of {self.modalities} is "
+                                      "needed", index=index)
+        key = self._by_set.get(present)
+        if key is None:
+            key = Pattern(present).key
+            raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; the bundle has {self.patterns}"
+                                      " at this precision: drop a modality or export that pattern", pattern=key,
+                                      index=index)
+        return key
+
+    def feeds(self, key: str, samples: Sequence[Mapping[str, Any]], indices: Sequence[int] | None = None
+              ) -> dict[str, np.ndarray]:
+        """Preprocess ``samples`` (all of pattern ``key``) into one batch of graph feeds."""
+        graph = self._graphs[key]
+        out: dict[str, np.ndarray] = {}
+        for m in graph.modalities:
+            spec = self.manifest.modalities[m].preprocess
+            try:
+                arrays = self._pre[m]([s[m] for s in samples])
+            except PreprocessError as err:
+                pos = indices[err.index] if indices is not None and err.index is not None else None
+                raise from_preprocess_error(err, m, key, spec, pos) from None
+            except Exception as exc:  # noqa: BLE001 - contract: bad input only ever raises typed errors
+                raise from_unexpected(exc, m, key, spec, indices[0] if indices and len(indices) == 1 else None) from None
+            for name, arr in arrays.items():
+                out[f"{m}.{name}"] = arr
+        return {f.name: _cast(out, f, key) for f in graph.feeds}
+
+    def _run(self, key: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph = self._graphs[key]
+        sess = self.session(key)
+        try:
+            values = sess.run(graph.outputs, feeds)
+        except Exception as exc:  # noqa: BLE001
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise InferenceError(f"onnxruntime failed on pattern {key!r} with feeds {shapes}: "
+                                 f"{type(exc).__name__}: {exc}", pattern=key) from None
+        return dict(zip(graph.outputs, values))
+
+    def _results(self, key: str, outs: dict[str, np.ndarray], top_k: int, timings: dict[str, float],
+                 feeds: dict[str, np.ndarray]) -> list[Prediction]:
+        graph = self._graphs[key]
+        logits = outs[graph.logits] if graph.logits else None
+        probs = outs[graph.probs] if graph.probs else None
+        if probs is None:
+            if logits is None:
+                raise InferenceError(f"graph {key!r} has neither logits nor probabilities: {graph.outputs}",
+                                     pattern=key)
+            probs = _sigmoid(logits) if self.manifest.task == "multi-label" else _softmax(logits)
+        emb = outs[graph.embedding] if graph.embedding else None
+        if not np.isfinite(probs).all() or (logits is not None and not np.isfinite(logits).all()):
+            bad = [k for k, v in feeds.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+            if bad:  # raw values passed the check but overflowed the graph's input dtype
+                raise NonFiniteInput(f"inputs {bad} overflow after preprocessing/casting (values too large for "
+                                     f"{[str(feeds[b].dtype) for b in bad]})", pattern=key)
+            raise InferenceError(f"graph {key!r} produced NaN/Inf outputs on finite inputs", pattern=key)
+        labels = self.manifest.labels
+        k = max(1, min(int(top_k), probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        preds = []
+        for i in range(probs.shape[0]):
+            top = [(labels[j], float(probs[i, j])) for j in order[i]]
+            preds.append(Prediction(key, probs[i].copy(), top, None if logits is None else logits[i].copy(),
+                                    None if emb is None else emb[i].copy(), dict(timings), probs.shape[0]))
+        return preds
+
+    def predict(self, inputs: Mapping[str, Any], *, top_k: int = 5) -> Prediction:
+        """One sample: ``{modality: raw data or None}`` -> Prediction of the present modalities' graph."""
+        t0 = time.perf_counter()
+        key = self.pattern_of(inputs)
+        feeds = self.feeds(key, [inputs])
+        t1 = time.perf_counter()
+        outs = self._run(key, feeds)
+        t2 = time.perf_counter()
+        timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
+        pred = self._results(key, outs, top_k, timings, feeds)[0]
+        pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        return pred
+
+    def predict_batch(self, samples: Sequence[Mapping[str, Any]], *, top_k: int = 5, errors: str = "raise"
+                      ) -> list[Prediction | RuntimeInputError]:
+        """Many samples, any mix of patterns: grouped by pattern, each group preprocessed and run as one
+        batch, results in input order. ``errors="raise"`` raises the first bad sample's typed error
+        (``.index`` = its position); ``errors="return"`` puts that error in its slot and runs the rest."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        results: list[Any] = [None] * len(samples)
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            try:
+                groups.setdefault(self.pattern_of(s, index=i), []).append(i)
+            except RuntimeInputError as err:
+                if errors == "raise":
+                    raise
+                results[i] = err
+        for key, idx in groups.items():
+            t0 = time.perf_counter()
+            try:
+                feeds = self.feeds(key, [samples[i] for i in idx], idx)
+            except RuntimeInputError:
+                if errors == "raise":
+                    raise
+                for i in idx:  # rare path: find the bad ones one by one, keep the good ones
+                    results[i] = self._one_or_error(samples[i], i, top_k)
+                continue
+            t1 = time.perf_counter()
+            outs = self._run(key, feeds)
+            t2 = time.perf_counter()
+            timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
+            for i, pred in zip(idx, self._results(key, outs, top_k, timings, feeds)):
+                pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+                results[i] = pred
+        return results
+
+    def _one_or_error(self, sample: Mapping[str, Any], index: int, top_k: int) -> Prediction | RuntimeInputError:
+        try:
+            return self.predict(sample, top_k=top_k)
+        except RuntimeInputError as err:
+            err.index = index
+            return err
+
+    def predict_from(self, hub: "SensorHub", now: float | None = None, *, top_k: int = 5) -> Prediction:
+        """``predict(hub.snapshot(now))``: the latest healthy, fresh sample of every sensor."""
+        return self.predict(hub.snapshot(now), top_k=top_k)
+
+    def sensor_hub(self, **kwargs: Any) -> "SensorHub":
+        """A SensorHub over this bundle's modalities (health checks follow its preprocessing specs)."""
+        from runtime.sensors import SensorHub
+
+        return SensorHub(self.manifest, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"Runtime({str(self.bundle_dir)!r}, precision={self.precision!r}, patterns={self.patterns}, "
+                f"providers={self.requested_providers})")
+
+
+# ---------------------------------------------------------------------- helpers
+def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarray:
+    arr = arrays.get(spec.name)
+    if arr is None:
+        raise BundleIntegrityError(f"graph {key!r} wants input {spec.name!r} but preprocessing makes "
+                                   f"{sorted(arrays)}; the manifest and graph disagree: re-export", pattern=key)
+    if arr.dtype != spec.dtype:
+        arr = arr.astype(spec.dtype)
+    if arr.ndim != spec.ndim or any(arr.shape[i] != d for i, d in spec.fixed):
+        raise InputShapeError(f"input {spec.name!r} has shape {list(arr.shape)} after preprocessing; the graph wants "
+                              f"{spec.shape}", pattern=key, modality=spec.name.split(".", 1)[0])
+    return arr
+
+
+def _dummy(spec: TensorSpec, manifest: Manifest) -> np.ndarray:
+    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequences at their configured length."""
+    modality = spec.name.split(".", 1)[0]
+    pre = manifest.modalities[modality].preprocess if modality in manifest.modalities else {}
+    seq = pre.get("max_frames") or pre.get("max_length") or 1
+    shape = [d if isinstance(d, int) else (1 if d == "batch" else int(seq)) for d in spec.shape]
+    fill = 1 if np.dtype(spec.dtype).kind in "iu" else 0
+    return np.full(shape, fill, dtype=spec.dtype)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+__all__ = ["Prediction", "Runtime", "MMEdgeError"]
