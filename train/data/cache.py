@@ -1,13 +1,13 @@
 """Where datasets and bundled assets live, plus atomic writes for the cache directory."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.manifest import sha256_file  # one checksum helper for bundles and data  # noqa: F401
 from train.data.errors import DatasetFetchError
 
 DATA_DIR_ENV = "MMEDGE_DATA_DIR"
@@ -36,14 +36,6 @@ def minilm_dir() -> Path:
 
 def default_tokenizer_file() -> Path:
     return minilm_dir() / "tokenizer.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
