@@ -56,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             epochs=3 if args.quick else args.epochs, size="tiny" if args.quick else "small", limit=limit,
         )
         m = pretrain_unimodal(cfg)
-        rows.append((modality, m["test"]["accuracy"], m["num_samples"]["test"], m["train_wall_time_s"],
+        wall = "reused" if _reused(m) else f"{m['train_wall_time_s']:.0f}"
+        rows.append((modality, m["test"]["accuracy"], m["num_samples"]["test"], wall,
                      m["encoder_parameters"], default_out(cfg)))
-    print(f"[{steps}/{steps}] training {METHOD} on the frozen encoders ...", flush=True)
+    print(f"[{len(MODALITIES) + 1}/{steps}] training {METHOD} on the frozen encoders ...", flush=True)
     tcfg = TrainConfig(method=METHOD, dataset=DATASET, runs_dir=runs_dir, data_dir=args.data_dir, seed=args.seed,
                        epochs=3 if args.quick else args.method_epochs, warmup_epochs=1 if args.quick else 5,
                        limit=limit)
@@ -68,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{DATASET}: unimodal encoders, test accuracy")
     print(f"{'modality':<10}{'accuracy':>10}{'test n':>8}{'train s':>9}{'params':>10}  saved to")
     for modality, acc, n, wall, params, out in rows:
-        print(f"{modality:<10}{acc:>10.4f}{n:>8}{wall:>9.0f}{params:>10,}  {out}")
+        print(f"{modality:<10}{acc:>10.4f}{n:>8}{wall:>9}{params:>10,}  {out}")
     params = metrics["parameters"]
     print(f"\n{DATASET}: {METHOD}, test metrics per availability pattern (each pattern's own branch)")
     print(pattern_table(metrics["test_by_pattern"]))
     print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
-          f"trained in {metrics['train_wall_time_s']:.0f} s; run saved to {method_out(tcfg)}")
+          f"trained in {metrics['train_wall_time_s']:.0f} s{_reused(metrics)}; run saved to {method_out(tcfg)}")
     from train.demo_stream import stream_tables
 
     events = streamed[0]["events"]
@@ -112,3 +113,9 @@ def _export_and_stream(args: argparse.Namespace, runs_dir: Path, tcfg, steps: in
     write_json_atomic(out / "stream.json", {"bundle": str(bundle), "results": results})
     png = plot_stream(results, out / "stream.png")
     return bundle, results, out / "stream.json", png
+
+
+def _reused(metrics: dict) -> str:
+    """Re-running the demo resumes a finished run: say so rather than print a misleading 0 s."""
+    done = metrics.get("resumed_from_epoch") is not None and metrics["resumed_from_epoch"] + 1 >= metrics["epochs"]
+    return " (finished run reused)" if done else ""
