@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
 import random
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import numpy as np
 from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
 from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
                              validate_graph)
+from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
 from runtime.patterns import all_patterns
 from runtime.preprocess import FILE_KEYS
@@ -93,46 +91,6 @@ class PatternData:
 
 class BuildError(RuntimeError):
     """A build that cannot start or finish (missing run, calibration unavailable, ...)."""
-
-
-# ---- atomic directory -----------------------------------------------------------------------
-@contextmanager
-def atomic_bundle_dir(target: Path) -> Iterator[Path]:
-    """A temp dir ``.<name>.tmp-<pid>-*`` beside ``target``, renamed onto it only on success.
-
-    On any exception the temp dir is removed; after a SIGKILL it stays behind, but
-    runtime.manifest.load_manifest refuses temp-dir names, and the next build sweeps temp dirs
-    whose process is gone. The manifest is written last, so a partial dir never has one.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be read by a device's service user
-    try:
-        yield tmp
-        old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
-        if old is not None:
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _sweep_stale(target: Path) -> None:
-    for p in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)  # still running: leave it alone
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError, IndexError):
-            pass
 
 
 # ---- inputs ---------------------------------------------------------------------------------
