@@ -4,7 +4,8 @@ Layout of a bundle directory (every path in the manifest is relative to it)::
 
     manifest.json
     graphs/<precision>/<pattern key>.onnx     the product: one branch per availability pattern
-    graphs/<precision>/<pattern key>.ort      optional ORT-format copies (minimal builds)
+    graphs/<precision>/<pattern key>.ort      optional ORT-format copies (minimal builds), parity-checked
+                                              on their own (``ort_parity``); only passing ones are used
     baseline/<precision>/full-placeholders.onnx  the papers' way, for benchmarks only
     preprocess/<modality>/tokenizer.json      files the preprocessing specs reference
     reports/<precision>/<pattern key>.json    full calibration reports
@@ -62,6 +63,12 @@ class GraphEntry:
     export_time_s: float | None = None  # torch -> ONNX (FP32) time; conversion time is in calibration
     ort_file: str | None = None
     ort_sha256: str | None = None
+    ort_parity: dict[str, Any] = field(default_factory=dict)  # the .ort copy's own parity; {}: never checked
+
+    @property
+    def usable_ort_file(self) -> str | None:
+        """``ort_file`` only if the copy itself passed parity (ORT optimises .ort files less at load time)."""
+        return self.ort_file if self.ort_file and self.ort_parity.get("passed") is True else None
 
     def files(self) -> list[tuple[str, str]]:
         out = [(self.file, self.sha256)]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import MMEdgeError
-from runtime.manifest import Manifest, load_manifest
+from runtime.manifest import GraphEntry, Manifest, load_manifest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -60,6 +60,11 @@ def _flags(manifest: Manifest) -> dict[str, list[str]]:
     return out
 
 
+def _ort_status(g: GraphEntry) -> str:
+    """The .ort copy: "passed" (the runtime may use it), "failed" parity or "unchecked" (older bundles)."""
+    return "passed" if g.usable_ort_file else ("failed" if g.ort_parity else "unchecked")
+
+
 def info(bundle: Path, precision: str | None, providers: list[str] | None, as_json: bool) -> dict[str, Any]:
     import onnxruntime as ort
 
@@ -76,6 +81,7 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
                                                       for t in e.inputs]} for name, e in m.modalities.items()},
         "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in m.graphs[0].outputs],
         "graph_bytes": {f"{g.precision}/{g.pattern}": g.size_bytes for g in m.graphs},
+        "ort_copies": {f"{g.precision}/{g.pattern}": _ort_status(g) for g in m.graphs if g.ort_file},
         "providers_available": ort.get_available_providers(),
         "providers_requested": rt.requested_providers,
         "providers_in_use": {f"{precision}/{k}": v for k, v in rt.providers.items()},
@@ -86,7 +92,9 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
     print(f"bundle      {bundle}  ({m.method} on {m.dataset}, {m.task}, {len(m.labels)} labels)")
     print(f"precisions  {', '.join(m.precisions)}")
     for p in m.precisions:
-        sizes = ", ".join(f"{g.pattern} {g.size_bytes / 1e6:.2f} MB" for g in m.graphs if g.precision == p)
+        sizes = ", ".join(f"{g.pattern} {g.size_bytes / 1e6:.2f} MB"
+                          + (f" (+.ort, parity {_ort_status(g)})" if g.ort_file else "")
+                          for g in m.graphs if g.precision == p)
         print(f"  {p:<5} {sizes}")
     print("inputs")
     for name, e in m.modalities.items():
