@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import InputDtypeError, InputShapeError, NonFiniteInput, RuntimeInputError
-from runtime.preprocess import PreprocessError, _as_numeric  # same package: one definition of "numeric"
+from runtime.preprocess_base import PreprocessError, as_numeric  # one definition of "numeric"
 
 _BY_REASON: dict[str, type[RuntimeInputError]] = {
     "type": InputDtypeError, "dtype": InputDtypeError, "spec": InputDtypeError, "missing": InputDtypeError,
@@ -66,7 +66,7 @@ def check_raw(spec: dict[str, Any], raw: Any, modality: str) -> np.ndarray | str
                 raise PreprocessError("type", f"text must be str, got {type(raw).__name__}")
             return raw
         waveform = kind == "audio" and spec.get("input") == "waveform"
-        arr = _as_numeric(raw, None, modality, floats_only=waveform)
+        arr = as_numeric(raw, None, modality, floats_only=waveform)
         if kind == "image":
             if arr.ndim not in (2, 3):
                 raise PreprocessError("rank", f"image must be (H, W) or (H, W, C), got shape {arr.shape}")

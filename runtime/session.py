@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,48 +21,27 @@ import numpy as np
 
 from runtime import providers as prov
 from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, InputShapeError, MMEdgeError,
-                            NoModalityAvailable, NonFiniteInput, PatternNotAvailable, RuntimeInputError,
-                            UnknownModality, UnknownPrecision)
+                            NoModalityAvailable, PatternNotAvailable, RuntimeInputError, UnknownModality,
+                            UnknownPrecision)
 from runtime.inputs import from_preprocess_error, from_unexpected
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
 from runtime.patterns import Pattern
+from runtime.prediction import Packer, Prediction
 from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
 
 if TYPE_CHECKING:
     from runtime.sensors import SensorHub
 
-LOGITS, PROBS = ("logits",), ("probabilities", "probs")
-EMBEDDING = ("fused_embedding", "embedding")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One sample's result. On a ``lazy`` runtime the first call of a pattern also creates its
-    session, and that time is inside ``inference_ms``."""
-
-    pattern: str  # key of the graph that ran, e.g. "audio+image"
-    probabilities: np.ndarray  # (num_labels,)
-    top: list[tuple[str, float]]  # (label, probability), best first
-    logits: np.ndarray | None
-    embedding: np.ndarray | None
-    timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
-    batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
-
-    @property
-    def label(self) -> str:
-        return self.top[0][0]
-
-
 class _Graph:
-    """One pattern's graph: entry, modalities, per-call constants, and its (lazily created) session."""
+    """One pattern's graph: entry, per-call constants, and its (lazily created) session."""
 
-    def __init__(self, entry: GraphEntry, path: Path) -> None:
+    def __init__(self, entry: GraphEntry, path: Path, manifest: Manifest, pre: dict[str, Preprocessor]) -> None:
         self.entry, self.path, self.key = entry, path, entry.pattern
         self.modalities = sorted(Pattern.from_key(entry.pattern))
         self.outputs = [o.name for o in entry.outputs]
-        self.logits, self.probs = _pick(self.outputs, LOGITS), _pick(self.outputs, PROBS)
-        self.embedding = _pick(self.outputs, EMBEDDING)
-        # precomputed once: str(dtype) and shape parsing per call cost more than the checks themselves
+        self.packer = Packer(self.key, self.outputs, manifest.labels, manifest.task == "multi-label")
+        # precomputed once: per call, only the preprocessors and the checks of their arrays run
+        self.steps = [(m, pre[m], {n: f"{m}.{n}" for n in pre[m].input_names}) for m in self.modalities]
         self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
                                 tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape))
                       for t in entry.inputs]
@@ -76,10 +55,6 @@ class _FeedSpec:
     ndim: int
     fixed: tuple[tuple[int, int], ...]  # (axis, size) of the non-symbolic axes
     shape: list[int | str]
-
-
-def _pick(names: Sequence[str], wanted: Sequence[str]) -> str | None:
-    return next((n for n in wanted if n in names), None)
 
 
 class Runtime:
@@ -97,11 +72,13 @@ class Runtime:
             raise BundleIntegrityError(f"bundle preprocessing spec is unusable: {err}; re-export the bundle") from None
         self._graphs: dict[str, _Graph] = {}
         self._by_set: dict[frozenset[str], str] = {}
-        # .ort copies load ~3x faster, but they are pre-optimised for CPU: only when CPU is the only provider
+        # .ort copies load ~3x faster but are ORT-optimised for CPU, and only copies that passed their own
+        # parity check are used (ORT applies fewer fusions to them at load, so INT8 numbers can differ)
         use_ort = prefer_ort_format and prov.names(chain) == [prov.CPU]
         for g in manifest.graphs:
             if g.precision == precision:
-                self._graphs[g.pattern] = _Graph(g, bundle_dir / (g.ort_file if use_ort and g.ort_file else g.file))
+                ort_file = g.usable_ort_file if use_ort else None
+                self._graphs[g.pattern] = _Graph(g, bundle_dir / (ort_file or g.file), manifest, self._pre)
                 self._by_set[Pattern.from_key(g.pattern)] = g.pattern
         self.fallbacks: dict[str, list[str]] = {}
 
@@ -114,7 +91,8 @@ class Runtime:
 
         ``providers``: onnxruntime names or aliases ("cpu", "cuda", "tensorrt"), optionally
         ``(name, options)``; default TensorRT EP > CUDA EP > CPU, whichever this build has.
-        ``prefer_ort_format``: on CPU-only chains, load the bundle's ``.ort`` copies (faster cold start).
+        ``prefer_ort_format``: on CPU-only chains, load the bundle's ``.ort`` copies that passed parity
+        (faster cold start); other patterns load their ``.onnx``.
         """
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, verify=True)
@@ -201,92 +179,66 @@ class Runtime:
     # ------------------------------------------------------------------ inference
     def pattern_of(self, inputs: Any, index: int | None = None) -> str:
         """The pattern key of the present (non-None) inputs; typed errors for anything else."""
-        if not isinstance(inputs, Mapping):
+        if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):  # dict first: no ABC check per call
             raise InputDtypeError(f"predict takes a dict {{modality: data or None}} over {self.modalities}, got "
                                   f"{type(inputs).__name__}", index=index)
-        unknown = [k for k in inputs if k not in self._pre]
-        if unknown:
-            raise UnknownModality(f"unknown modality {unknown[0]!r}; this bundle has {self.modalities} (pass None "
-                                  "for a missing one)", modality=str(unknown[0]), index=index)
-        present = frozenset(k for k, v in inputs.items() if v is not None)
+        present = []
+        for k, v in inputs.items():
+            if k not in self._pre:
+                raise UnknownModality(f"unknown modality {k!r}; this bundle has {self.modalities} (pass None "
+                                      "for a missing one)", modality=str(k), index=index)
+            if v is not None:
+                present.append(k)
+        key = self._by_set.get(frozenset(present))
+        if key is not None:
+            return key
         if not present:
             raise NoModalityAvailable(f"every modality is missing (None); at least one of {self.modalities} is "
                                       "needed", index=index)
-        key = self._by_set.get(present)
-        if key is None:
-            key = Pattern(present).key
-            raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; the bundle has {self.patterns}"
-                                      " at this precision: drop a modality or export that pattern", pattern=key,
-                                      index=index)
-        return key
+        key = Pattern(present).key
+        raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; the bundle has {self.patterns}"
+                                  " at this precision: drop a modality or export that pattern", pattern=key,
+                                  index=index)
 
     def feeds(self, key: str, samples: Sequence[Mapping[str, Any]], indices: Sequence[int] | None = None
               ) -> dict[str, np.ndarray]:
         """Preprocess ``samples`` (all of pattern ``key``) into one batch of graph feeds."""
         graph = self._graphs[key]
         out: dict[str, np.ndarray] = {}
-        for m in graph.modalities:
-            spec = self.manifest.modalities[m].preprocess
+        for m, pre, names in graph.steps:
             try:
-                arrays = self._pre[m]([s[m] for s in samples])
+                arrays = pre([s[m] for s in samples])
             except PreprocessError as err:
                 pos = indices[err.index] if indices is not None and err.index is not None else None
-                raise from_preprocess_error(err, m, key, spec, pos) from None
+                raise from_preprocess_error(err, m, key, pre.spec, pos) from None
             except Exception as exc:  # noqa: BLE001 - contract: bad input only ever raises typed errors
-                raise from_unexpected(exc, m, key, spec, indices[0] if indices and len(indices) == 1 else None) from None
+                raise from_unexpected(exc, m, key, pre.spec,
+                                      indices[0] if indices and len(indices) == 1 else None) from None
             for name, arr in arrays.items():
-                out[f"{m}.{name}"] = arr
+                out[names.get(name, name)] = arr
         return {f.name: _cast(out, f, key) for f in graph.feeds}
 
-    def _run(self, key: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, key: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self._graphs[key]
-        sess = self.session(key)
+        sess = graph.session or self.session(key)
         try:
-            values = sess.run(graph.outputs, feeds)
+            return sess.run(graph.outputs, feeds)
         except Exception as exc:  # noqa: BLE001
             shapes = {k: list(v.shape) for k, v in feeds.items()}
             raise InferenceError(f"onnxruntime failed on pattern {key!r} with feeds {shapes}: "
                                  f"{type(exc).__name__}: {exc}", pattern=key) from None
-        return dict(zip(graph.outputs, values))
-
-    def _results(self, key: str, outs: dict[str, np.ndarray], top_k: int, timings: dict[str, float],
-                 feeds: dict[str, np.ndarray]) -> list[Prediction]:
-        graph = self._graphs[key]
-        logits = outs[graph.logits] if graph.logits else None
-        probs = outs[graph.probs] if graph.probs else None
-        if probs is None:
-            if logits is None:
-                raise InferenceError(f"graph {key!r} has neither logits nor probabilities: {graph.outputs}",
-                                     pattern=key)
-            probs = _sigmoid(logits) if self.manifest.task == "multi-label" else _softmax(logits)
-        emb = outs[graph.embedding] if graph.embedding else None
-        if not np.isfinite(probs).all() or (logits is not None and not np.isfinite(logits).all()):
-            bad = [k for k, v in feeds.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
-            if bad:  # raw values passed the check but overflowed the graph's input dtype
-                raise NonFiniteInput(f"inputs {bad} overflow after preprocessing/casting (values too large for "
-                                     f"{[str(feeds[b].dtype) for b in bad]})", pattern=key)
-            raise InferenceError(f"graph {key!r} produced NaN/Inf outputs on finite inputs", pattern=key)
-        labels = self.manifest.labels
-        k = max(1, min(int(top_k), probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-        preds = []
-        for i in range(probs.shape[0]):
-            top = [(labels[j], float(probs[i, j])) for j in order[i]]
-            preds.append(Prediction(key, probs[i].copy(), top, None if logits is None else logits[i].copy(),
-                                    None if emb is None else emb[i].copy(), dict(timings), probs.shape[0]))
-        return preds
 
     def predict(self, inputs: Mapping[str, Any], *, top_k: int = 5) -> Prediction:
         """One sample: ``{modality: raw data or None}`` -> Prediction of the present modalities' graph."""
         t0 = time.perf_counter()
         key = self.pattern_of(inputs)
-        feeds = self.feeds(key, [inputs])
+        feeds = self.feeds(key, (inputs,))
         t1 = time.perf_counter()
         outs = self._run(key, feeds)
         t2 = time.perf_counter()
         timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
-        pred = self._results(key, outs, top_k, timings, feeds)[0]
-        pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+        pred = self._graphs[key].packer(outs, top_k, timings, feeds)[0]
+        timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return pred
 
     def predict_batch(self, samples: Sequence[Mapping[str, Any]], *, top_k: int = 5, errors: str = "raise"
@@ -319,7 +271,7 @@ class Runtime:
             outs = self._run(key, feeds)
             t2 = time.perf_counter()
             timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
-            for i, pred in zip(idx, self._results(key, outs, top_k, timings, feeds)):
+            for i, pred in zip(idx, self._graphs[key].packer(outs, top_k, timings, feeds)):
                 pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
                 results[i] = pred
         return results
@@ -352,9 +304,10 @@ def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarra
     if arr is None:
         raise BundleIntegrityError(f"graph {key!r} wants input {spec.name!r} but preprocessing makes "
                                    f"{sorted(arrays)}; the manifest and graph disagree: re-export", pattern=key)
-    if arr.dtype != spec.dtype:
+    if arr.dtype is not spec.dtype and arr.dtype != spec.dtype:  # builtin dtypes are singletons: `is` first
         arr = arr.astype(spec.dtype)
-    if arr.ndim != spec.ndim or any(arr.shape[i] != d for i, d in spec.fixed):
+    shape = arr.shape
+    if len(shape) != spec.ndim or not all([shape[i] == d for i, d in spec.fixed]):
         raise InputShapeError(f"input {spec.name!r} has shape {list(arr.shape)} after preprocessing; the graph wants "
                               f"{spec.shape}", pattern=key, modality=spec.name.split(".", 1)[0])
     return arr
@@ -368,15 +321,6 @@ def _dummy(spec: TensorSpec, manifest: Manifest) -> np.ndarray:
     shape = [d if isinstance(d, int) else (1 if d == "batch" else int(seq)) for d in spec.shape]
     fill = 1 if np.dtype(spec.dtype).kind in "iu" else 0
     return np.full(shape, fill, dtype=spec.dtype)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 __all__ = ["Prediction", "Runtime", "MMEdgeError"]

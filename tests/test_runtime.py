@@ -299,11 +299,13 @@ def test_real_av_digits_bundle_smoke(precision: str) -> None:
     assert all(p.probabilities.shape == (10,) and p.embedding.shape == (64,) for p in preds)
     with pytest.raises(InputShapeError):
         rt.predict({"audio": aud[:, :5]})
-    if precision == "fp32":  # .ort copies are the same graph (int8 .ort differs: see the runtime notes)
-        fast = Runtime.load(REAL, precision="fp32", providers=["cpu"], intra_op_threads=1, prefer_ort_format=True)
-        assert fast._graphs["audio"].path.suffix == ".ort"
-        for a, b in zip(preds, fast.predict_batch([{"image": img, "audio": aud}, {"image": img}, {"audio": aud}])):
-            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5)
+    ort_file = rt.manifest.graph("audio", precision).usable_ort_file
+    if ort_file:  # only when the bundle was exported with --ort-format and the copy passed its parity
+        fast = Runtime.load(REAL, precision=precision, providers=["cpu"], intra_op_threads=1, prefer_ort_format=True)
+        assert fast._graphs["audio"].path == REAL / ort_file
+        again = fast.predict_batch([{"image": img, "audio": aud}, {"image": img}, {"audio": aud}])
+        for a, b in zip(preds, again):  # FP32: the same graph; INT8: ORT fuses less in .ort files
+            np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5 if precision == "fp32" else 0.1)
 
 
 def test_all_errors_share_the_base(rt: Runtime) -> None:

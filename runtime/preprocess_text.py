@@ -1,0 +1,75 @@
+"""Text preprocessing: str -> token ids and attention mask, with the bundle's tokenizer.json."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.preprocess_base import PreprocessError, need, pad_mode, pos_int
+
+_TOKENIZERS: dict[tuple[str, int], Any] = {}
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def _load_tokenizer(path: Path, max_length: int) -> tuple[Any, int]:
+    """One configured Tokenizer per (file, max_length), shared and never mutated afterwards."""
+    from tokenizers import Tokenizer
+
+    key = (str(path), max_length)
+    with _TOKENIZER_LOCK:
+        if key not in _TOKENIZERS:
+            if not path.is_file():
+                raise PreprocessError("spec", f"tokenizer file {path} does not exist")
+            tok = Tokenizer.from_file(str(path))
+            pad = tok.padding
+            pad_id = pad["pad_id"] if pad else next(
+                (i for t in ("[PAD]", "<pad>") if (i := tok.token_to_id(t)) is not None), 0)
+            tok.no_padding()  # we pad in numpy, to the batch's longest
+            tok.enable_truncation(max_length)
+            _TOKENIZERS[key] = (tok, int(pad_id))
+        return _TOKENIZERS[key]
+
+
+class TextPreprocessor:
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def __init__(self, spec: dict[str, Any], base_dir: Path | None = None) -> None:
+        self.spec = spec
+        path = Path(need(spec, "tokenizer_file"))
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        self.max_length = pos_int(spec, "max_length")
+        self.pad_fixed = pad_mode(spec, "max_length")
+        self.path = path.resolve()
+        self.tokenizer, self.pad_id = _load_tokenizer(self.path, self.max_length)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # DataLoader workers rebuild from the spec (and this process-wide cache), not a copied tokenizer
+        return (TextPreprocessor, ({**self.spec, "tokenizer_file": str(self.path)},))
+
+    def _check(self, raw: Any, index: int | None) -> str:
+        if raw is None:
+            raise PreprocessError("missing", "text is None; drop missing modalities before preprocessing", index)
+        if not isinstance(raw, str):
+            raise PreprocessError("type", f"text must be str, got {type(raw).__name__}", index)
+        return raw
+
+    def features(self, raw: Any, index: int | None = None) -> np.ndarray:
+        return np.asarray(self.tokenizer.encode(self._check(raw, index)).ids, dtype=np.int64)
+
+    def __call__(self, raws: Sequence[Any]) -> dict[str, np.ndarray]:
+        if len(raws) == 0:
+            raise PreprocessError("empty", "empty batch")
+        texts = [self._check(r, i) for i, r in enumerate(raws)]
+        encs = self.tokenizer.encode_batch(texts)
+        t = self.max_length if self.pad_fixed else max(len(e.ids) for e in encs)
+        ids = np.full((len(encs), t), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), t), dtype=np.int64)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
