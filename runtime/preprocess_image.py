@@ -60,8 +60,9 @@ class ImagePreprocessor:
         if self.method not in ("bilinear", "area"):
             raise PreprocessError("spec", f"interpolation must be 'bilinear' or 'area', got {self.method!r}")
         self.mean, self.std = norm_stats(spec, self.channels)
-        self._mul = (np.float32(self.scale) / self.std).astype(np.float32)
-        self._add = (-self.mean / self.std).astype(np.float32)
+        # (C, 1, 1): broadcast over a CHW frame
+        self._mul = (np.float32(self.scale) / self.std).astype(np.float32)[:, None, None]
+        self._add = (-self.mean / self.std).astype(np.float32)[:, None, None]
         self._hwc = (*self.size, self.channels)
         for a in (self._mul, self._add):
             a.setflags(write=False)
@@ -99,18 +100,19 @@ class ImagePreprocessor:
         """One frame, model-ready (C, H, W); a view of an HWC buffer when no conversion was needed."""
         arr = self._checked(raw, index)
         if arr.shape == self._hwc:  # the sensor already delivers the trained size and channels
-            x = np.multiply(arr, self._mul, dtype=np.float32)
+            # written straight into a CHW buffer: no HWC float temporary and no transposing copy
+            x = np.multiply(arr.transpose(2, 0, 1), self._mul, dtype=np.float32,
+                            out=np.empty((self.channels, *self.size), dtype=np.float32))
             x += self._add
-            return x.transpose(2, 0, 1)
+            return x
         x = self._resized(arr)
-        x *= self._mul[:, None, None]
-        x += self._add[:, None, None]
+        x *= self._mul
+        x += self._add
         return x
 
     def __call__(self, raws: Sequence[Any]) -> dict[str, np.ndarray]:
         if len(raws) == 0:
             raise PreprocessError("empty", "empty batch")
         if len(raws) == 1:  # batch 1 is the streaming case: no stack copy
-            x = self.normalised(raws[0], 0)
-            return {"pixel_values": x.reshape(1, *x.shape) if self.channels == 1 else np.ascontiguousarray(x[None])}
+            return {"pixel_values": self.normalised(raws[0], 0)[None]}
         return {"pixel_values": np.stack([self.normalised(r, i) for i, r in enumerate(raws)])}

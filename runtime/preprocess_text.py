@@ -45,6 +45,16 @@ class TextPreprocessor:
         self.pad_fixed = pad_mode(spec, "max_length")
         self.path = path.resolve()
         self.tokenizer, self.pad_id = _load_tokenizer(self.path, self.max_length)
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _all_real(self, t: int) -> np.ndarray:
+        """Read-only (1, t) all-ones mask shared between calls (t <= max_length; the graph never writes it)."""
+        mask = self._masks.get(t)
+        if mask is None:
+            mask = np.ones((1, t), dtype=np.int64)
+            mask.setflags(write=False)
+            self._masks[t] = mask
+        return mask
 
     def __reduce__(self) -> tuple[Any, ...]:
         # DataLoader workers rebuild from the spec (and this process-wide cache), not a copied tokenizer
@@ -64,6 +74,9 @@ class TextPreprocessor:
         if len(raws) == 0:
             raise PreprocessError("empty", "empty batch")
         texts = [self._check(r, i) for i, r in enumerate(raws)]
+        if len(texts) == 1 and not self.pad_fixed:  # streaming: encode_batch's thread-pool hand-off costs more
+            ids = self.tokenizer.encode(texts[0]).ids
+            return {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": self._all_real(len(ids))}
         encs = self.tokenizer.encode_batch(texts)
         t = self.max_length if self.pad_fixed else max(len(e.ids) for e in encs)
         ids = np.full((len(encs), t), self.pad_id, dtype=np.int64)

@@ -207,7 +207,7 @@ class Runtime:
         out: dict[str, np.ndarray] = {}
         for m, pre, names in graph.steps:
             try:
-                arrays = pre([s[m] for s in samples])
+                arrays = pre((samples[0][m],) if len(samples) == 1 else [s[m] for s in samples])
             except PreprocessError as err:
                 pos = indices[err.index] if indices is not None and err.index is not None else None
                 raise from_preprocess_error(err, m, key, pre.spec, pos) from None
