@@ -80,3 +80,16 @@ def as_numeric(raw: Any, index: int | None, what: str, floats_only: bool = False
     if kind == "f" and not all_finite(arr):
         raise PreprocessError("non_finite", f"{what} contains NaN or Inf", index)
     return arr
+
+
+def all_real_mask(cache: dict[int, np.ndarray], t: int, limit: int = 4096) -> np.ndarray:
+    """A read-only (1, t) int64 mask of ones, shared between calls through ``cache``: each numpy call
+    after an inference runs with cold caches, and graphs never write their inputs. Races only
+    build equal arrays; ``limit`` bounds the cache when lengths are unbounded."""
+    mask = cache.get(t)
+    if mask is None:
+        mask = np.ones((1, t), dtype=np.int64)
+        mask.setflags(write=False)
+        if len(cache) < limit:
+            cache[t] = mask
+    return mask

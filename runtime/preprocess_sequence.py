@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.preprocess_base import PreprocessError, as_numeric, need, norm_stats, pad_mode, pos_int
+from runtime.preprocess_base import PreprocessError, all_real_mask, as_numeric, need, norm_stats, pad_mode, pos_int
 
 # --------------------------------------------------------------------------- audio / timeseries
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -54,17 +54,6 @@ class SequencePreprocessor:
             raise PreprocessError("spec", "pad 'max_frames' needs max_frames")
         self.mean, self.std = norm_stats(spec, self.n_features)
         self._masks: dict[int, np.ndarray] = {}
-
-    def _all_real(self, t: int) -> np.ndarray:
-        """A read-only (1, t) mask of ones, shared between calls: every numpy call after an inference
-        runs with cold caches, and the graph never writes its inputs. Races only build equal arrays."""
-        mask = self._masks.get(t)
-        if mask is None:
-            mask = np.ones((1, t), dtype=np.int64)
-            mask.setflags(write=False)
-            if len(self._masks) < 4096:  # without max_frames, lengths are unbounded
-                self._masks[t] = mask
-        return mask
 
     def _init_mfcc(self, spec: dict[str, Any]) -> None:
         self.waveform = True
@@ -117,7 +106,7 @@ class SequencePreprocessor:
         feats = [self.features(r, i) for i, r in enumerate(raws)]
         t = self.max_frames if self.pad_fixed else max(len(f) for f in feats)
         if len(feats) == 1 and len(feats[0]) == t:  # streaming batch 1, nothing to pad: no zero-fill + copy
-            return {"values": ((feats[0] - self.mean) / self.std)[None], "mask": self._all_real(t)}
+            return {"values": ((feats[0] - self.mean) / self.std)[None], "mask": all_real_mask(self._masks, t)}
         values = np.zeros((len(feats), t, self.n_features), dtype=np.float32)
         mask = np.zeros((len(feats), t), dtype=np.int64)
         for i, f in enumerate(feats):

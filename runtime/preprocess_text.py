@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.preprocess_base import PreprocessError, need, pad_mode, pos_int
+from runtime.preprocess_base import PreprocessError, all_real_mask, need, pad_mode, pos_int
 
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
 _TOKENIZER_LOCK = threading.Lock()
@@ -47,15 +47,6 @@ class TextPreprocessor:
         self.tokenizer, self.pad_id = _load_tokenizer(self.path, self.max_length)
         self._masks: dict[int, np.ndarray] = {}
 
-    def _all_real(self, t: int) -> np.ndarray:
-        """Read-only (1, t) all-ones mask shared between calls (t <= max_length; the graph never writes it)."""
-        mask = self._masks.get(t)
-        if mask is None:
-            mask = np.ones((1, t), dtype=np.int64)
-            mask.setflags(write=False)
-            self._masks[t] = mask
-        return mask
-
     def __reduce__(self) -> tuple[Any, ...]:
         # DataLoader workers rebuild from the spec (and this process-wide cache), not a copied tokenizer
         return (TextPreprocessor, ({**self.spec, "tokenizer_file": str(self.path)},))
@@ -76,7 +67,7 @@ class TextPreprocessor:
         texts = [self._check(r, i) for i, r in enumerate(raws)]
         if len(texts) == 1 and not self.pad_fixed:  # streaming: encode_batch's thread-pool hand-off costs more
             ids = self.tokenizer.encode(texts[0]).ids
-            return {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": self._all_real(len(ids))}
+            return {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": all_real_mask(self._masks, len(ids))}
         encs = self.tokenizer.encode_batch(texts)
         t = self.max_length if self.pad_fixed else max(len(e.ids) for e in encs)
         ids = np.full((len(encs), t), self.pad_id, dtype=np.int64)
