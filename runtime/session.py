@@ -5,8 +5,9 @@
 
 Errors: ``predict``/``predict_batch`` raise only ``MMEdgeError`` subclasses, and bad input
 only ``RuntimeInputError`` subclasses (see runtime.errors), so a host loop survives any input.
-Threads: onnxruntime's ``InferenceSession.run`` is thread-safe, preprocessors are immutable,
-per-call state lives on the stack; the only lock guards lazy session creation.
+Threads: onnxruntime's ``InferenceSession.run`` is thread-safe, preprocessors are immutable apart
+from caches of read-only all-ones masks (a race only builds an equal array twice), per-call state
+lives on the stack; the only lock guards lazy session creation.
 """
 from __future__ import annotations
 
