@@ -262,26 +262,32 @@ class Runtime:
             t0 = time.perf_counter()
             try:
                 feeds = self.feeds(key, [samples[i] for i in idx], idx)
-            except RuntimeInputError:
-                if errors == "raise":
+                t1 = time.perf_counter()
+                outs = self._run(key, feeds)
+                t2 = time.perf_counter()
+                timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
+                preds = self._graphs[key].packer(outs, top_k, timings, feeds)
+            except RuntimeInputError as err:
+                if errors == "raise" and err.index is not None:
                     raise
-                for i in idx:  # rare path: find the bad ones one by one, keep the good ones
-                    results[i] = self._one_or_error(samples[i], i, top_k)
+                # rare path: a bad sample, or one found only after the graph ran (a value that overflows
+                # float32): run the group one by one so each error gets its index and the good ones a result
+                for i in idx:
+                    results[i] = self._one_or_error(samples[i], i, top_k, errors)
                 continue
-            t1 = time.perf_counter()
-            outs = self._run(key, feeds)
-            t2 = time.perf_counter()
-            timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
-            for i, pred in zip(idx, self._graphs[key].packer(outs, top_k, timings, feeds)):
+            for i, pred in zip(idx, preds):
                 pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
                 results[i] = pred
         return results
 
-    def _one_or_error(self, sample: Mapping[str, Any], index: int, top_k: int) -> Prediction | RuntimeInputError:
+    def _one_or_error(self, sample: Mapping[str, Any], index: int, top_k: int, errors: str
+                      ) -> Prediction | RuntimeInputError:
         try:
             return self.predict(sample, top_k=top_k)
         except RuntimeInputError as err:
             err.index = index
+            if errors == "raise":
+                raise
             return err
 
     def predict_from(self, hub: "SensorHub", now: float | None = None, *, top_k: int = 5) -> Prediction:

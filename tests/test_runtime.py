@@ -310,3 +310,18 @@ def test_real_av_digits_bundle_smoke(precision: str) -> None:
 
 def test_all_errors_share_the_base(rt: Runtime) -> None:
     assert issubclass(RuntimeInputError, MMEdgeError) and issubclass(UnknownPrecision, MMEdgeError)
+
+
+@pytest.mark.parametrize("errors", ["return", "raise"])
+def test_a_value_that_overflows_float32_is_a_typed_error_with_its_index(rt: Runtime, errors: str) -> None:
+    """Finite as float64, inf once cast: found only after the graph ran, still reported per sample."""
+    good = {"image": np.ones((8, 8), np.float32)}
+    huge = {"image": np.full((8, 8), 3.5e38, np.float64)}
+    if errors == "raise":
+        with pytest.raises(NonFiniteInput) as info:
+            rt.predict_batch([good, huge], errors="raise")
+        assert info.value.index == 1
+        return
+    out = rt.predict_batch([good, huge, good], errors="return")
+    assert isinstance(out[0], Prediction) and isinstance(out[2], Prediction)
+    assert isinstance(out[1], NonFiniteInput) and out[1].index == 1
