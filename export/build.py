@@ -7,7 +7,8 @@ with ``graphs/<precision>/<pattern>.onnx``; see runtime/manifest.py for the layo
 Dependency note (DESIGN.md: runtime <- calibration <- export <- train): onnx.py, validate.py
 and tensorrt.py never import train; they take any module with ``input_names`` /
 ``output_names``. This file is the one bridge that turns a *trained run* into a bundle, so it
-imports train's run loader and data registry, lazily, inside ``load_inputs``.
+imports ``train.runs`` (the run-directory format) and the data registry, lazily, and nothing
+else from ``train``.
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ class BuildConfig:
             raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
 
     def run_dir(self) -> Path:
-        return Path(self.run) if self.run else self.runs_dir / (self.dataset or DEFAULT_DATASET) / self.method
+        from train.runs import run_dir
+
+        return Path(self.run) if self.run else run_dir(self.runs_dir, self.dataset or DEFAULT_DATASET, self.method)
 
 
 @dataclass
@@ -99,7 +102,7 @@ class BuildError(RuntimeError):
 def load_inputs(cfg: BuildConfig) -> tuple[Any, Any]:
     """(model in eval mode, dataset) from the run directory; the dataset is the run's own by default."""
     from train.data.registry import load_dataset
-    from train.multimodal import load_run, read_run_config
+    from train.runs import load_run, read_run_config
 
     run_dir = cfg.run_dir()
     config = read_run_config(run_dir)
@@ -113,10 +116,9 @@ def load_inputs(cfg: BuildConfig) -> tuple[Any, Any]:
 
 
 def pattern_data(model: Any, dataset: Any, pattern: Any, cfg: BuildConfig) -> PatternData:
-    from train.methods.base import pattern_inputs
-    from train.multimodal import collate_for
+    from train.runs import branch_batches
 
-    collate, module = collate_for(model), model.pattern_module(pattern)
+    module = model.pattern_module(pattern)
 
     def pick(split: str, n: int | None) -> list[Any]:
         rows = [s for s in dataset.split(split) if all(s.inputs.get(m) is not None for m in pattern)]
@@ -125,12 +127,10 @@ def pattern_data(model: Any, dataset: Any, pattern: Any, cfg: BuildConfig) -> Pa
 
     def batches(samples: list[Any]) -> tuple[list[tuple[Any, ...]], list[dict[str, np.ndarray]], np.ndarray]:
         args, feeds, labels = [], [], []
-        for i in range(0, len(samples), cfg.batch_size):
-            batch = collate(samples[i:i + cfg.batch_size])
-            a = pattern_inputs(batch, module)
+        for a, y in branch_batches(model, module, samples, cfg.batch_size):
             args.append(a)
             feeds.append({n: t.numpy() for n, t in zip(module.input_names, a)})
-            labels.append(batch.labels.numpy())
+            labels.append(y)
         return args, feeds, (np.concatenate(labels) if labels else np.zeros(0))
 
     calib, val = pick("train", cfg.calib_samples), pick("test", cfg.val_samples)

@@ -1,4 +1,4 @@
-"""Latency benchmark of a bundle: per pattern, precision and provider, plus the ratios of issue 5.
+"""Latency benchmark of a bundle: per pattern, precision and provider, plus named paired ratios.
 
 Inputs (``runtime.bench_inputs``) are deterministic synthetic raw samples of valid shape, run
 through the bundle's own preprocessing; the full graph with placeholders gets the present
@@ -6,7 +6,7 @@ modality's sample and the manifest's placeholder recipe for every other modality
 
 Timing: ``warmup`` untimed calls, then ``runs`` calls each timed with ``perf_counter_ns``.
 Stats are percentiles (never a mean alone). onnxruntime uses ``threads`` intra-op threads
-(default 1, DESIGN.md) and one inter-op thread. torch is only imported inside ``torch_ratio``.
+(default 1, DESIGN.md) and one inter-op thread. torch is never imported here: ``torch_speedup`` runs through an entry point.
 Elsewhere: rendering (JSON/Markdown/PNG) in ``runtime.bench_report``, the machine record and the
 cold-start subprocess in ``runtime.bench_env``, native TensorRT engines in ``runtime.bench_trt``.
 """
@@ -29,7 +29,8 @@ from runtime.patterns import Pattern
 
 PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                              "tensorrt-ep": "TensorrtExecutionProvider"}
-TARGETS = {"a": 0.6, "b_rel": 0.05, "b_abs_ms": 0.05, "c": 3.0, "cold_s": 1.0, "cold_rss_mb": 200.0}
+TARGETS = {"placeholder_speedup": 0.6, "runtime_overhead_rel": 0.05, "runtime_overhead_abs_ms": 0.05,
+           "torch_speedup": 3.0, "cold_s": 1.0, "cold_rss_mb": 200.0}
 
 
 @dataclass
@@ -41,7 +42,7 @@ class BenchConfig:
     precisions: tuple[str, ...] | None = None  # None: every precision in the bundle
     providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt-ep", "tensorrt")
     threads: int = 1
-    run_dir: Path | None = None  # training run for (c); None skips it
+    run_dir: Path | None = None  # training run for torch_speedup; None skips it
     cold_start: bool = True
     cache_dir: Path | None = None  # TensorRT EP engine cache
 
@@ -166,27 +167,14 @@ def _ratio_entry(num: float, den: float, **extra: Any) -> dict[str, Any]:
 
 
 def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
-    """(b) Runtime.predict (raw -> checks -> preprocessing -> graph -> top-k) vs bare ``session.run`` with
+    """runtime_overhead: Runtime.predict (raw -> checks -> preprocessing -> graph -> top-k) vs bare ``session.run`` with
     preprocessed feeds on the runtime's own session (same graph, same options), FP32, CPU, batch 1."""
+    from runtime.session import Runtime
+
     note = "runtime.session.Runtime.predict end to end vs the same session's run()"
-    try:
-        from runtime.session import Runtime
-
-        rt = Runtime.load(cfg.bundle, precision="fp32", providers=["cpu"], intra_op_threads=cfg.threads)
-        predict: Callable[[dict[str, Any]], Any] = rt.predict
-        session_of: Callable[[str], Any] = rt.session
-    except Exception as exc:  # runtime absent or broken: measure the minimal equivalent path, and say so
-        note = f"Runtime unusable ({type(exc).__name__}: {exc}); measured preprocess + session.run instead"
-        sessions = {g.pattern: make_session(cfg.bundle / g.file, "cpu", "fp32", cfg.threads)
-                    for g in manifest.graphs if g.precision == "fp32"}
-        session_of = sessions.__getitem__
-
-        def predict(sample: dict[str, Any]) -> Any:
-            pat = Pattern.of_present(sample)
-            feeds: dict[str, np.ndarray] = {}
-            for m in sorted(pat):
-                feeds.update({f"{m}.{k}": v for k, v in inputs.pre[m]([sample[m]]).items()})
-            return sessions[pat.key].run(None, feeds)
+    rt = Runtime.load(cfg.bundle, precision="fp32", providers=["cpu"], intra_op_threads=cfg.threads)
+    predict: Callable[[dict[str, Any]], Any] = rt.predict
+    session_of: Callable[[str], Any] = rt.session
     entries = []
     for g in (g for g in manifest.graphs if g.precision == "fp32"):
         pat = Pattern.from_key(g.pattern)
@@ -200,14 +188,13 @@ def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict
         inside: list[float] = []  # the runtime's own time in each call: total - time inside session.run
 
         def predict_timed() -> None:
-            t = getattr(predict(sample), "timings", None)  # None on the no-Runtime fallback
-            if t:
-                inside.append((t["total_ms"] - t["inference_ms"]) * 1e-3)
+            t = predict(sample).timings
+            inside.append((t["total_ms"] - t["inference_ms"]) * 1e-3)
         t_bare, t_full, t_pre = time_interleaved([lambda: sess.run(None, feeds), predict_timed, preprocess_only],
                                                  cfg.warmup, cfg.runs)
         bare, full = latency_stats(t_bare), latency_stats(t_full)
         over = full["p50_ms"] - bare["p50_ms"]
-        allowed = max(TARGETS["b_rel"] * bare["p50_ms"], TARGETS["b_abs_ms"])
+        allowed = max(TARGETS["runtime_overhead_rel"] * bare["p50_ms"], TARGETS["runtime_overhead_abs_ms"])
         entries.append({"pattern": g.pattern, "predict": full, "session_run": bare,
                         "preprocess_only": latency_stats(t_pre), "overhead_ms": over,
                         # less exposed to other processes' load: the median of the per-round differences,
@@ -219,49 +206,31 @@ def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict
             "met": all(e["met"] for e in entries)}
 
 
-def torch_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
-    """(c) eager PyTorch (same pattern branch, `threads` threads) vs onnxruntime FP32 CPU, batch 1, alternating."""
+def torch_speedup(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
+    """Eager PyTorch vs onnxruntime FP32, through the ``mmedge.bench`` entry point ``torch_speedup``.
+
+    The measurement lives where torch lives (``export.torch_speedup``); the runtime finds it
+    only through the installed distribution's entry points, so a runtime-only install
+    reports it as skipped instead of importing anything.
+    """
     if cfg.run_dir is None:
         return {"skipped": "no training run given: pass --run RUN_DIR (the bundle's manifest does not record it)"}
-    try:  # lazily: the runtime must not import torch at import time
-        import torch
+    from importlib.metadata import entry_points
 
-        from train.multimodal import load_run
+    found = [ep for ep in entry_points(group="mmedge.bench") if ep.name == "torch_speedup"]
+    if not found:
+        return {"skipped": "the training extras are not installed (no mmedge.bench entry point torch_speedup); "
+                           "pip install 'mmedge[cpu,train]'"}
+    try:
+        measure = found[0].load()
     except ImportError as exc:
         return {"skipped": f"torch / training extras not importable ({exc}); pip install 'mmedge[cpu,train]'"}
-    try:
-        model = load_run(Path(cfg.run_dir))
-    except Exception as exc:
-        return {"skipped": f"cannot load run {cfg.run_dir}: {type(exc).__name__}: {exc}"}
-    prev = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)  # match onnxruntime's intra-op threads
-    entries = []
-    try:
-        for g in (g for g in manifest.graphs if g.precision == "fp32"):
-            module = model.pattern_module(Pattern.from_key(g.pattern)).eval()
-            feeds = inputs.feeds(g, 1)
-            if list(module.input_names) != [s.name for s in g.inputs]:
-                return {"skipped": f"run {cfg.run_dir} does not match the bundle: pattern {g.pattern} takes "
-                                   f"{module.input_names}, the graph {[s.name for s in g.inputs]}"}
-            args = tuple(torch.from_numpy(feeds[n]) for n in module.input_names)
-            sess = make_session(cfg.bundle / g.file, "cpu", "fp32", cfg.threads)
-            with torch.inference_mode():
-                t_torch, t_ort = time_interleaved([lambda: module(*args), lambda: sess.run(None, feeds)],
-                                                  cfg.warmup, cfg.runs)
-            st, so = latency_stats(t_torch), latency_stats(t_ort)
-            speedup = st["p50_ms"] / so["p50_ms"]
-            entries.append({"pattern": g.pattern, "torch": st, "ort": so, "ort_p50_ms": so["p50_ms"],
-                            "speedup": speedup, "speedup_of_min": st["min_ms"] / so["min_ms"],
-                            "met": speedup >= TARGETS["c"]})
-    finally:
-        torch.set_num_threads(prev)
-    return {"run": str(cfg.run_dir), "torch": torch.__version__, "threads": cfg.threads, "entries": entries,
-            "met": all(e["met"] for e in entries)}
+    return measure(manifest, inputs, cfg)
 
 
 # --------------------------------------------------------------------------- the run
 def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Everything of issue 5, section 2, measured in one process; returns the JSON-able record."""
+    """Every table and ratio, measured in one process; returns the JSON-able record."""
     bundle = Path(cfg.bundle)
     manifest = load_manifest(bundle)
     missing = sorted(set(cfg.precisions or ()) - set(manifest.precisions))
@@ -299,7 +268,7 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
                                     cfg.batch_sizes)
                 rec["results"].append({"pattern": g.pattern, "precision": prec, "provider": prov, **r})
         for base in (b for b in manifest.baselines if b.precision == "fp32" and prov != "tensorrt"):
-            for m in sorted(manifest.modalities):  # (a): baseline with only m present, paired with m's graph
+            for m in sorted(manifest.modalities):  # placeholder_speedup: baseline with only m present, paired with m's graph
                 if m not in manifest.patterns("fp32"):
                     continue
                 step(f"{prov} baseline ({m} present)")
@@ -308,12 +277,12 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
         if prov != "tensorrt" and len(precisions) > 1:
             step(f"{prov} precisions paired")
             paired += paired_precisions(manifest, inputs, prov, precisions, cfg)
-    rec["ratios"]["a"] = placeholder_ratio(rec)
-    rec["ratios"]["d"] = precision_ratio(rec, paired)
-    step("(b) runtime overhead")
-    rec["ratios"]["b"] = overhead_ratio(manifest, inputs, cfg)
-    step("(c) onnxruntime vs eager PyTorch")
-    rec["ratios"]["c"] = (torch_ratio(manifest, inputs, cfg) if "fp32" in manifest.precisions else
+    rec["ratios"]["placeholder_speedup"] = placeholder_ratio(rec)
+    rec["ratios"]["precision_speedup"] = precision_ratio(rec, paired)
+    step("runtime overhead")
+    rec["ratios"]["runtime_overhead"] = overhead_ratio(manifest, inputs, cfg)
+    step("onnxruntime vs eager PyTorch")
+    rec["ratios"]["torch_speedup"] = (torch_speedup(manifest, inputs, cfg) if "fp32" in manifest.precisions else
                           {"skipped": "the bundle has no fp32 graphs"})
     if cfg.cold_start:
         step("cold start")
@@ -329,7 +298,7 @@ def _p50(r: dict[str, Any], batch: str = "1") -> float:
 
 
 def placeholder_ratio(rec: dict[str, Any]) -> dict[str, Any]:
-    """(a) single-modality graph vs the full graph with placeholders, FP32, batch 1, per provider.
+    """placeholder_speedup: single-modality graph vs the full graph with placeholders, FP32, batch 1, per provider.
 
     Both p50s come from the same alternating measurement (``bench_baseline``), not the main table.
     """
@@ -340,13 +309,13 @@ def placeholder_ratio(rec: dict[str, Any]) -> dict[str, Any]:
         g, base = b["paired_graph"]["p50_ms"], _p50(b)
         e = _ratio_entry(g, base, pattern=b["present"], provider=b["provider"], graph_p50_ms=g, baseline_p50_ms=base,
                          ratio_of_min=b["paired_graph"]["min_ms"] / b["batches"]["1"]["min_ms"])  # least noisy
-        entries.append({**e, "met": e["ratio"] <= TARGETS["a"]})
-    return {"target": TARGETS["a"], "entries": entries, "met": all(e["met"] for e in entries)}
+        entries.append({**e, "met": e["ratio"] <= TARGETS["placeholder_speedup"]})
+    return {"target": TARGETS["placeholder_speedup"], "entries": entries, "met": all(e["met"] for e in entries)}
 
 
 def paired_precisions(manifest: Manifest, inputs: Inputs, provider: str, precisions: Sequence[str],
                       cfg: BenchConfig) -> list[dict[str, Any]]:
-    """(d) at batch 1: every precision of a pattern timed alternately, so load from other processes
+    """precision_speedup at batch 1: every precision of a pattern timed alternately, so load from other processes
     (shared cores) does not land on one precision's cells only."""
     out = []
     for key in manifest.patterns("fp32"):
@@ -367,7 +336,7 @@ def paired_precisions(manifest: Manifest, inputs: Inputs, provider: str, precisi
 
 
 def precision_ratio(rec: dict[str, Any], paired: list[dict[str, Any]]) -> dict[str, Any]:
-    """(d) latency of FP16 / INT8 over FP32, per pattern, provider and batch size (< 1 is faster):
+    """precision_speedup: latency of FP16 / INT8 over FP32, per pattern, provider and batch size (< 1 is faster):
     batch 1 from ``paired_precisions``; larger batches from the table's cells (measured one after another)."""
     fp32 = {(r["pattern"], r["provider"]): r for r in rec["results"] if r["precision"] == "fp32"}
     entries = list(paired)

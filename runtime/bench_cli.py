@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmedge bench", formatter_class=DefaultsFormatter,
         description="Latency per availability pattern, precision and provider of an exported bundle: p50/p90/p99, "
-                    "throughput, session creation time and peak RSS, plus (a) single-modality graph vs the full "
-                    "graph with placeholders, (b) runtime overhead, (c) onnxruntime vs eager PyTorch (needs --run "
-                    "and the training extras), (d) FP16/INT8 vs FP32, and the cold start. Writes bench.json, "
+                    "throughput, session creation time and peak RSS, plus placeholder_speedup (single-modality graph vs the full "
+                    "graph with placeholders), runtime_overhead, torch_speedup (onnxruntime vs eager PyTorch; needs --run "
+                    "and the training extras), precision_speedup (FP16/INT8 vs FP32), and the cold start. Writes bench.json, "
                     "bench.md and bench.png. Inputs are deterministic synthetic samples of valid shape.")
     p.add_argument("--bundle", type=Path, required=True, help="bundle directory (holds manifest.json)")
     p.add_argument("--runs", type=int, default=200, help="timed runs per cell")
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", type=_csv(str), default="cpu,cuda,tensorrt-ep,tensorrt", metavar="NAME,..",
                    help="comma list of cpu, cuda, tensorrt-ep, tensorrt (native); unavailable ones are skipped "
                         "with a reason")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's, for (c))")
-    p.add_argument("--run", type=Path, default=None, help="training run directory of the bundle, for (c)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's, for torch_speedup)")
+    p.add_argument("--run", type=Path, default=None, help="training run directory of the bundle, for torch_speedup")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: bench/<bundle name>/)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
     return p

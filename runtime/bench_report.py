@@ -25,7 +25,7 @@ def _verdict(sec: dict[str, Any]) -> str:
 
 
 def _overhead_detail(e: dict[str, Any]) -> str:
-    """Where (b)'s overhead goes: estimates less exposed to other processes' load than a p50 difference."""
+    """Where runtime_overhead goes: estimates less exposed to other processes' load than a p50 difference."""
     out = f"; median paired difference {e['overhead_paired_ms'] * 1e3:.0f} µs" if "overhead_paired_ms" in e else ""
     if e.get("overhead_inside"):
         out += f"; runtime's own time inside predict p50 {e['overhead_inside']['p50_ms'] * 1e3:.0f} µs"
@@ -34,27 +34,28 @@ def _overhead_detail(e: dict[str, Any]) -> str:
 
 def target_lines(rec: dict[str, Any]) -> list[str]:
     r = rec["ratios"]
-    a, b, c, cold = r["a"], r["b"], r["c"], rec.get("cold_start")
+    a, b, c, cold = (r["placeholder_speedup"], r["runtime_overhead"], r["torch_speedup"],
+                     rec.get("cold_start"))
     lines = []
     if "skipped" in a:
-        lines.append(f"(a) single-modality / full graph with placeholders: SKIPPED ({a['skipped']})")
+        lines.append(f"placeholder_speedup: single-modality / full graph with placeholders: SKIPPED ({a['skipped']})")
     else:
         got = ", ".join(f"{e['pattern']}@{e['provider']} {e['ratio']:.2f}x ({_ms(e['graph_p50_ms'])} / "
                         f"{_ms(e['baseline_p50_ms'])} ms)" for e in a["entries"])
-        lines.append(f"(a) single-modality / full graph with placeholders, p50 b1 fp32: {got}; target <= "
-                     f"{TARGETS['a']}x: {_verdict(a)}")
+        lines.append(f"placeholder_speedup: single-modality / full graph with placeholders, p50 b1 fp32: {got}; target <= "
+                     f"{TARGETS['placeholder_speedup']}x: {_verdict(a)}")
     got = ", ".join(f"{e['pattern']} +{e['overhead_ms'] * 1e3:.0f} µs ({100 * e['overhead_rel']:.1f}%; "
                     f"{_ms(e['predict']['p50_ms'])} vs {_ms(e['session_run']['p50_ms'])} ms{_overhead_detail(e)})"
                     for e in b["entries"])
-    lines.append(f"(b) Runtime.predict vs session.run, p50 b1 fp32 cpu: {got}; target <= max(5%, 50 µs): "
+    lines.append(f"runtime_overhead: Runtime.predict vs session.run, p50 b1 fp32 cpu: {got}; target <= max(5%, 50 µs): "
                  f"{_verdict(b)} [{b['note']}]")
     if "skipped" in c:
-        lines.append(f"(c) onnxruntime fp32 vs eager PyTorch: SKIPPED ({c['skipped']})")
+        lines.append(f"torch_speedup: onnxruntime fp32 vs eager PyTorch: SKIPPED ({c['skipped']})")
     else:
         got = ", ".join(f"{e['pattern']} {e['speedup']:.2f}x ({_ms(e['torch']['p50_ms'])} / {_ms(e['ort_p50_ms'])} ms)"
                         for e in c["entries"])
-        lines.append(f"(c) eager PyTorch / onnxruntime fp32, p50 b1 cpu, {c['threads']} thread(s): {got}; "
-                     f"target >= {TARGETS['c']}x: {_verdict(c)}")
+        lines.append(f"torch_speedup: eager PyTorch / onnxruntime fp32, p50 b1 cpu, {c['threads']} thread(s): {got}; "
+                     f"target >= {TARGETS['torch_speedup']}x: {_verdict(c)}")
     if not cold:
         lines.append("cold start: not measured (--no-cold-start)")
     elif "error" in cold:
@@ -100,9 +101,9 @@ def markdown(rec: dict[str, Any]) -> str:
     if skipped:
         out += ["", "Skipped providers: " + "; ".join(skipped) + "."]
     out += ["", "## Targets", ""] + [f"- {line}" for line in target_lines(rec)]
-    d = rec["ratios"]["d"]
+    d = rec["ratios"]["precision_speedup"]
     if "entries" in d:
-        out += ["", "## (d) latency vs FP32 (p50 ratio; < 1 is faster)", "",
+        out += ["", "## precision_speedup: latency vs FP32 (p50 ratio; < 1 is faster)", "",
                 "Batch 1: the precisions of a pattern timed alternately (paired); larger batches: the table's "
                 "cells, measured one after another (more exposed to load from other processes).", "",
                 "| pattern | precision | provider | batch | p50 | fp32 p50 | ratio | paired |",

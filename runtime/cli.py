@@ -29,7 +29,7 @@ GROUPS: dict[str, tuple[str, str, str | None]] = {
     "calibrate": ("calibration.cli", "FP16 / INT8 calibration of exported graphs", "train"),
     "runtime": ("runtime.runtime_cli", "inspect a bundle, run one prediction (torch-free)", None),
     "bench": ("runtime.bench_cli", "latency benchmarks per pattern, precision and provider", None),
-    "demo": ("train.demo", "the end-to-end demo: data, pretraining, training, export, streaming runtime", "train"),
+    "demo": ("train.recipes.demo", "the end-to-end demo: data, pretraining, training, export, streaming runtime", "train"),
 }
 
 

@@ -38,8 +38,8 @@ def tiny(method: str, n: int) -> tuple[MultimodalModel, MultimodalDataset]:
 
 
 def save_run(model: MultimodalModel, run_dir: Path, dataset: str) -> Path:
-    """Write ``model`` in train.multimodal's run format (config.json + model.safetensors)."""
-    from train.multimodal import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, encoder_entry
+    """Write ``model`` in train.recipes.method's run format (config.json + model.safetensors)."""
+    from train.runs import CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, encoder_entry
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {

@@ -10,7 +10,7 @@ import pytest
 
 from test_multimodal import save_unimodal
 from tiny_multimodal import make_dataset
-from train.ablation_stats import BASELINE, DROPOUT, PROPOSED, aggregate_runs, mean_sd, verdicts
+from train.reporting.ablation_stats import BASELINE, DROPOUT, PROPOSED, aggregate_runs, mean_sd, verdicts
 
 FULL, MISSING = "audio+image", ["audio", "image"]
 
@@ -85,7 +85,7 @@ def test_verdict_fails_when_the_ordering_or_the_full_pattern_breaks() -> None:
 
 
 def write_fake_results(runs_dir: Path) -> Path:
-    from train.ablation import machine_info
+    from train.recipes.ablation import machine_info
 
     runs = fake_runs({BASELINE: 0.3, DROPOUT: 0.5, PROPOSED: 0.7}, {BASELINE: 0.9, DROPOUT: 0.9, PROPOSED: 0.92})
     agg = aggregate_runs(runs, "accuracy")
@@ -103,7 +103,7 @@ def write_fake_results(runs_dir: Path) -> Path:
 
 
 def test_report_renders_tables_plot_and_verdicts(tmp_path: Path) -> None:
-    from train.report import write_report
+    from train.reporting.report import write_report
 
     write_fake_results(tmp_path / "runs")
     out = write_report(tmp_path / "runs", tmp_path / "docs" / "results.md")

@@ -84,14 +84,14 @@ def test_json_has_every_cell_and_ratio_section(bundle: Path, cli_run: tuple[dict
             assert st["throughput_per_s"] > 0
     for prov in ("cuda", "tensorrt-ep", "tensorrt"):  # no GPU here: skipped, with the reason
         assert rec["providers"][prov]["status"] == "skipped" and rec["providers"][prov]["reason"]
-    a = rec["ratios"]["a"]
+    a = rec["ratios"]["placeholder_speedup"]
     assert {e["pattern"] for e in a["entries"]} == {"audio", "image"}
     assert all(e["ratio"] > 0 and e["baseline_p50_ms"] > 0 and isinstance(e["met"], bool) for e in a["entries"])
-    b = rec["ratios"]["b"]
+    b = rec["ratios"]["runtime_overhead"]
     assert {e["pattern"] for e in b["entries"]} == set(m.patterns("fp32")) and b["note"]
     assert all(e["predict"]["p50_ms"] > 0 and e["session_run"]["p50_ms"] > 0 for e in b["entries"])
-    assert "--run" in rec["ratios"]["c"]["skipped"]  # (c) skipped with a note when no run is given
-    d = rec["ratios"]["d"]["entries"]
+    assert "--run" in rec["ratios"]["torch_speedup"]["skipped"]  # (c) skipped with a note when no run is given
+    d = rec["ratios"]["precision_speedup"]["entries"]
     assert {(e["pattern"], e["precision"], e["batch"]) for e in d} == {(p, "int8", b) for p in m.patterns("fp32")
                                                                         for b in (1, 2)}
     assert all(e["paired"] == (e["batch"] == 1) and e["ratio"] > 0 for e in d)  # batch 1 timed alternately
@@ -108,7 +108,7 @@ def test_markdown_and_png_are_written(cli_run: tuple[dict, Path, str]) -> None:
     rec, out, printed = cli_run
     md = (out / "bench.md").read_text()
     assert "| pattern | precision | provider | p50 | p90 | p99 |" in md and "## Targets" in md
-    for tag in ("(a)", "(b)", "(c)", "cold start"):
+    for tag in ("placeholder_speedup", "runtime_overhead", "torch_speedup", "cold start"):
         assert tag in md
     assert "| audio+image | int8 | cpu |" in md and "full+placeholders (image present)" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,7 +121,7 @@ def test_torch_ratio_runs_with_a_training_run(bundle: Path, tmp_path: Path) -> N
     run = save_run(model, tmp_path / "run", "tiny2")
     cfg = BenchConfig(bundle=bundle, runs=3, warmup=1, batch_sizes=(1,), precisions=("fp32",), providers=("cpu",),
                       run_dir=run, cold_start=False)
-    c = run_benchmark(cfg)["ratios"]["c"]
+    c = run_benchmark(cfg)["ratios"]["torch_speedup"]
     assert "skipped" not in c, c
     assert {e["pattern"] for e in c["entries"]} == {"audio", "audio+image", "image"}
     assert all(e["speedup"] > 0 and e["torch"]["p50_ms"] > 0 for e in c["entries"])

@@ -13,7 +13,7 @@ from export_fixtures import tiny
 from runtime.patterns import Pattern, all_patterns
 from tiny_multimodal import make_samples, specs
 from train.methods import available_methods, pattern_inputs
-from train.multimodal import collate_for
+from train.recipes.method import collate_for
 
 torch.set_num_threads(1)
 CASES = [(m, p.key) for m in available_methods() for p in all_patterns(sorted(specs(2)))]

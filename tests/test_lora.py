@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from tiny_multimodal import make_dataset, make_encoders
-from train.batches import Collate
+from train.engine.batches import Collate
 from train.methods.base import DatasetInfo
 from train.modules.lora import LoRALinear, inject_lora, lora_modules
 

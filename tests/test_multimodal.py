@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from tiny_multimodal import make_dataset, make_encoders
-from train.evaluate import evaluate_all_patterns
+from train.engine.evaluate import evaluate_all_patterns
 from train.methods import DatasetInfo
-from train.multimodal import TrainConfig, collate_for, load_run, read_metrics, train_method
+from train.recipes.method import TrainConfig, collate_for, train_method
+from train.runs import load_run, read_metrics
 
 
 def save_unimodal(root: Path, num_modalities: int = 2) -> None:

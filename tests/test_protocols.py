@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-import train.multimodal as multimodal
+import train.recipes.method as multimodal
 from runtime.patterns import Pattern
 from test_multimodal import save_unimodal
 from tiny_multimodal import make_dataset, make_encoders, make_samples
 from train.data.masks import apply_patterns, random_missing
-from train.evaluate import evaluate_all_patterns, evaluate_by_pattern, evaluate_mixed, predict_mixed, predict_pattern
+from train.engine.evaluate import evaluate_all_patterns, evaluate_by_pattern, evaluate_mixed, predict_mixed, predict_pattern
 from train.methods import DatasetInfo, build_method
-from train.multimodal import TrainConfig, collate_for, default_out
-from train.plots import plot_sweep
-from train.protocols import lee_grid, missing_rate_sweep
+from train.recipes.method import TrainConfig, collate_for, default_out
+from train.reporting.plots import plot_sweep
+from train.recipes.protocols import lee_grid, missing_rate_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from train.batches import Collate
+from train.engine.batches import Collate
 from train.cli import main as train_main
 from train.data.registry import load_dataset
 from train.encoders import load_encoder
-from train.unimodal import UnimodalConfig, pretrain_unimodal
+from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal
 
 LIMIT = 60
 

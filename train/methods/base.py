@@ -1,22 +1,33 @@
-"""The method registry and the per-pattern interface every method implements.
+"""The method registry and the interface every method implements.
 
-A trained model exposes ``pattern_module(pattern)``: an ``nn.Module`` that takes only
-the present modalities' tensors and holds only their encoders plus the shared
-fusion/head pieces. Evaluation runs through it and the exporter traces it, so what
-we measure is what ships.
+A method is one ``MultimodalModel`` subclass in one file of ``train.methods``, registered
+with ``@register(name)``. The seams it may use, all with defaults:
+
+- ``config_class``: a dataclass of options (``--set KEY=VALUE``; listed by ``--help``).
+- ``uses_unimodal_heads``: phase 1 hands over each modality's pretrained linear head as
+  well as its encoder (``build(..., heads=...)`` -> ``load_unimodal_heads``).
+- ``adapt_encoders(encoders, mode, ...)``: frozen, LoRA, BitFit (bias only) or full
+  fine-tuning of the pretrained encoders; the mode is reported by ``encoder_adaptation``.
+- ``make_optimizer(params, loop_cfg)``: AdamW by default.
+- ``train_step(batch, ctx)``: one batch of training; by default forward, backward, clip,
+  optimiser step. A method with several optimiser steps per batch or a gradient edit
+  between backward and step overrides it (see ``StepContext`` for the contract).
+- ``pattern_module(pattern)``: an ``nn.Module`` that takes only the present modalities'
+  tensors and holds only their encoders plus the shared fusion/head pieces. Evaluation
+  runs through it and the exporter traces it, so what we measure is what ships.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from runtime.patterns import Pattern
-from train.batches import Batch
+from train.engine.batches import Batch
 from train.data.types import ModalitySpec, MultimodalDataset, Task
 
 # Not "embedding": the dynamo ONNX exporter names aten.embedding's value "embedding" (every
@@ -95,14 +106,35 @@ def sample_modality_dropout(present: Tensor, generator: torch.Generator | None =
     return keep
 
 
+EncoderAdaptation = Literal["frozen", "lora", "bitfit", "full"]
+ADAPTATIONS: tuple[str, ...] = ("frozen", "lora", "bitfit", "full")
+
+
+def adapt_encoders(encoders: Mapping[str, nn.Module], mode: str, *, lora_rank: int = 1, lora_alpha: float = 1.0,
+                   lora_dropout: float = 0.1) -> None:
+    """Set which pretrained encoder weights train, in place.
+
+    frozen: none. lora: none of the pretrained weights, plus rank-r LoRA on q, k, v, o of
+    every layer. bitfit: only the bias terms (Zaken et al.; every parameter whose name ends
+    in ``bias``, LayerNorm biases included). full: every weight.
+    """
+    if mode not in ADAPTATIONS:
+        raise ValueError(f"unknown encoder adaptation {mode!r}; choose one of {list(ADAPTATIONS)}")
+    for enc in encoders.values():
+        enc.requires_grad_(mode == "full")
+        if mode == "bitfit":
+            for name, param in enc.named_parameters():
+                param.requires_grad_(name.endswith("bias"))
+        elif mode == "lora" and lora_rank > 0:
+            from train.modules.lora import inject_lora
+
+            inject_lora(enc, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+
+
 def freeze_and_adapt(encoders: Mapping[str, nn.Module], rank: int, alpha: float, dropout: float) -> None:
     """Freeze every pretrained weight; add rank-r LoRA on q, k, v, o of every layer (rank 0: none)."""
-    from train.modules.lora import inject_lora
-
-    for enc in encoders.values():
-        enc.requires_grad_(False)
-        if rank > 0:
-            inject_lora(enc, rank=rank, alpha=alpha, dropout=dropout)
+    adapt_encoders(encoders, "lora" if rank > 0 else "frozen", lora_rank=rank, lora_alpha=alpha,
+                   lora_dropout=dropout)
 
 
 def shared_width(encoders: Mapping[str, Any], why: str) -> int:
@@ -160,12 +192,53 @@ def pattern_inputs(batch: Batch, module: PatternModule) -> tuple[Tensor, ...]:
     return tuple(batch.modalities[m].inputs[n] for m, n in module.input_spec)
 
 
+# ---- the training-step contract -----------------------------------------------------
+@dataclass
+class StepContext:
+    """What ``train_step`` gets from the loop, once per batch.
+
+    Contract for an override of ``MultimodalModel.train_step``:
+    - compute losses through ``ctx.forward(batch, **kwargs)``, never ``self.forward``: under
+      ``accelerate launch`` it is the data-parallel wrapper's forward, whose backward
+      all-reduces the gradients; ``self`` is the unwrapped model;
+    - call ``ctx.backward(loss)`` (not ``loss.backward()``), ``ctx.clip()`` before each step,
+      and ``ctx.optimizer.step()`` / ``ctx.optimizer.zero_grad()`` as often as the method needs;
+    - do not step the learning-rate schedule: the loop steps it once per batch, whatever the
+      number of optimiser steps inside (one schedule step = one batch of one process);
+    - return plain floats for logging; ``"loss"`` is required.
+    Under data parallelism, a forward through ``ctx.forward`` that leaves trainable
+    parameters unused needs ``find_unused_parameters = True`` on the model class.
+    """
+
+    forward: Callable[..., dict[str, Tensor]]
+    optimizer: torch.optim.Optimizer
+    backward: Callable[[Tensor], None]
+    clip: Callable[[], None]
+    step: int  # schedule steps done before this batch (per process)
+    epoch: int
+    steps_per_epoch: int
+
+
+def default_train_step(batch: Batch, ctx: StepContext) -> dict[str, float]:
+    """Forward, backward, clip, one optimiser step; logs every scalar ``*loss`` output."""
+    out = ctx.forward(batch)
+    ctx.backward(out["loss"])
+    ctx.clip()
+    ctx.optimizer.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return {k: float(v.detach()) for k, v in out.items() if k.endswith("loss") and v.dim() == 0}
+
+
 # ---- the model base and registry ---------------------------------------------------
 class MultimodalModel(nn.Module):
-    """Base of every method. ``forward(batch)`` follows train.loop's contract."""
+    """Base of every method. ``forward(batch)`` returns "logits" (and "loss" in training mode)."""
 
     method_name: ClassVar[str] = ""
     config_class: ClassVar[type] = dict
+    # Phase 1 hands over the unimodal heads too (``load_unimodal_heads``), not only the encoders.
+    uses_unimodal_heads: ClassVar[bool] = False
+    # Set when some forward passes leave trainable parameters unused (data-parallel wrappers need it).
+    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: Any) -> None:
         super().__init__()
@@ -189,10 +262,49 @@ class MultimodalModel(nn.Module):
         return cls.config_class(**config)
 
     @classmethod
-    def build(cls, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: Mapping[str, Any] | None = None
-              ) -> "MultimodalModel":
-        """Freshly adapted model from pretrained ``encoders`` (modified in place: frozen + LoRA)."""
-        return cls(info, encoders, cls.parse_config(config))
+    def build(cls, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: Mapping[str, Any] | None = None,
+              heads: Mapping[str, nn.Module] | None = None) -> "MultimodalModel":
+        """Freshly adapted model from pretrained ``encoders`` (modified in place: frozen, LoRA, ...).
+
+        ``heads`` are the unimodal pretraining heads; they reach ``load_unimodal_heads`` only
+        for a method with ``uses_unimodal_heads``. Rebuilding a saved run passes none: its
+        weights are loaded afterwards.
+        """
+        model = cls(info, encoders, cls.parse_config(config))
+        if heads is not None and cls.uses_unimodal_heads:
+            missing = sorted(set(model.modalities) - set(heads))
+            if missing:
+                raise ValueError(f"{cls.method_name} starts from the unimodal heads; none for {missing}. "
+                                 "Re-run `mmedge train unimodal` for them (it saves head.safetensors)")
+            model.load_unimodal_heads(heads)
+        return model
+
+    def load_unimodal_heads(self, heads: Mapping[str, nn.Module]) -> None:
+        """Copy phase 1's heads (``nn.Linear(hidden, classes)`` per modality) into this model."""
+        raise NotImplementedError(f"{self.method_name} sets uses_unimodal_heads but has no load_unimodal_heads")
+
+    @property
+    def encoder_adaptation(self) -> str:
+        """How the pretrained encoders train: frozen, lora, bitfit or full (derived from requires_grad)."""
+        from train.modules.lora import LoRALinear
+
+        params = [(n, p) for e in self.encoders.values() for n, p in e.named_parameters()]
+        if any(isinstance(mod, LoRALinear) for e in self.encoders.values() for mod in e.modules()):
+            return "lora"
+        trainable = [n for n, p in params if p.requires_grad]
+        if not trainable:
+            return "frozen"
+        if len(trainable) == len(params):
+            return "full"
+        return "bitfit" if all(n.endswith("bias") for n in trainable) else "partial"
+
+    def make_optimizer(self, params: Sequence[nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+        """The optimiser over ``params`` (those with requires_grad); ``cfg`` is the loop's config."""
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps)
+
+    def train_step(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One batch of training; see ``StepContext`` for what an override must respect."""
+        return default_train_step(batch, ctx)
 
     def to_config(self) -> dict[str, Any]:
         return {"method": self.method_name, "config": dataclasses.asdict(self.config)}
@@ -232,18 +344,56 @@ def register(name: str) -> Callable[[M], M]:
     return deco
 
 
-def get_method(name: str) -> type[MultimodalModel]:
-    import train.methods  # noqa: F401  (registers the built-in methods)
+_DISCOVERED = False
 
+
+def discover_methods() -> None:
+    """Import every module of ``train.methods`` once, so that each registers its method."""
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    import importlib
+    import pkgutil
+
+    import train.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "base" and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
+def get_method(name: str) -> type[MultimodalModel]:
+    discover_methods()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {available_methods()}")
     return _REGISTRY[name]
 
 
 def available_methods() -> list[str]:
-    import train.methods  # noqa: F401
-
+    discover_methods()
     return sorted(_REGISTRY)
+
+
+def method_options(name: str) -> list[tuple[str, Any]]:
+    """(option, default) of a method's config dataclass, in declaration order."""
+    cls = get_method(name)
+    if not dataclasses.is_dataclass(cls.config_class):
+        return []
+    out = []
+    for f in dataclasses.fields(cls.config_class):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        out.append((f.name, default))
+    return out
+
+
+def method_summary(name: str) -> str:
+    """The first line of the method's module docstring."""
+    import sys
+
+    doc = (sys.modules[get_method(name).__module__].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def build_method(name: str, info: DatasetInfo, encoders: Mapping[str, nn.Module],

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.patterns import Pattern
-from train.batches import Batch
+from train.engine.batches import Batch
 from train.methods.base import (
     DatasetInfo,
     MultimodalModel,

@@ -1,38 +1,29 @@
 """Train one missing-modality method on top of the pretrained unimodal encoders.
 
-Layout of ``runs/<dataset>/<method>/`` (written atomically at the end):
-
-    model.safetensors  every weight, frozen encoders included: the run is self-contained
-    config.json        method + options, dataset info (labels, task, modality specs with
-                       preprocessing), encoder architectures and HF configs: all that
-                       ``load_run`` needs to rebuild the model without the unimodal runs
-    metrics.json       per-pattern test metrics, parameter counts, wall times, history
-    checkpoints/       the loop's resume point (last/) and best.safetensors
+The run directory it writes is ``train.runs``' format (``runs/<dataset>/<method>/``).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from runtime.patterns import all_patterns
-from train.batches import Collate
-from train.checkpoint import atomic_dir
 from train.data.types import ModalitySpec, MultimodalDataset, Sample
-from train.evaluate import evaluate_all_patterns, evaluate_by_pattern
-from train.loop import LoopConfig, train_loop
+from train.engine.batches import Collate
+from train.engine.evaluate import evaluate_all_patterns, evaluate_by_pattern
+from train.engine.loop import LoopConfig, predict_logits, train_loop
+from train.engine.metrics import headline, task_metrics
+from train.engine.seeding import seed_everything
+from train.engine.validation import SELECTIONS, ensure_validation_split
 from train.methods.base import OUTPUT_NAMES, DatasetInfo, MultimodalModel, get_method
-from train.seeding import seed_everything
-
-FORMAT_VERSION = 1
-MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
+from train.runs import FORMAT_VERSION, encoder_entry, run_dir, save_run
 
 
 @dataclass
@@ -59,13 +50,15 @@ class TrainConfig:
     # eta 0.7 (train.data.masks.missing_case, seeded by ``seed``). None: the data as it is.
     train_missing: str | None = None
     train_eta: float = 0.7
+    select: str = "patterns"  # one of SELECTIONS
+    val_fraction: float = 0.1  # carved out of train, stratified and seeded, when the data has no val split
 
 
 def default_out(cfg: TrainConfig) -> Path:
     name = cfg.method
     if cfg.train_missing is not None:  # beside the normal run, never over it
         name = f"{cfg.method}-train-{cfg.train_missing}-{round(cfg.train_eta * 100)}"
-    return cfg.runs_dir / Path(cfg.dataset).name / name
+    return run_dir(cfg.runs_dir, cfg.dataset, name)
 
 
 def mask_split(samples: list[Sample], modalities: list[str], case: str, eta: float, seed: int) -> list[Sample]:
@@ -76,11 +69,39 @@ def mask_split(samples: list[Sample], modalities: list[str], case: str, eta: flo
 
 
 def unimodal_dir(cfg: TrainConfig) -> Path:
-    return cfg.unimodal_dir or cfg.runs_dir / Path(cfg.dataset).name / "unimodal"
+    return cfg.unimodal_dir or run_dir(cfg.runs_dir, cfg.dataset, "unimodal")
 
 
-def load_unimodal(data: MultimodalDataset, directory: Path) -> tuple[dict[str, torch.nn.Module], dict[str, ModalitySpec]]:
-    """The pretrained encoder of every modality, and the preprocessing it was trained with."""
+@dataclass
+class UnimodalArtefacts:
+    """What phase 1 (``mmedge train unimodal``) hands to a method, per modality."""
+
+    encoders: dict[str, torch.nn.Module]
+    specs: dict[str, ModalitySpec]  # the preprocessing each encoder was trained with
+    heads: dict[str, torch.nn.Linear] | None  # only when asked for (``MultimodalModel.uses_unimodal_heads``)
+
+
+def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], num_classes: int
+                        ) -> dict[str, torch.nn.Linear]:
+    """The linear head each unimodal run saved (head.safetensors), checked against the task's classes."""
+    heads = {}
+    for m, enc in encoders.items():
+        path = directory / m / "head.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no unimodal head at {path}; re-run `mmedge train unimodal --modality {m}`")
+        state = load_file(str(path))
+        head = torch.nn.Linear(int(enc.hidden_size), num_classes)
+        if tuple(state["weight"].shape) != tuple(head.weight.shape):
+            raise ValueError(f"{path}: head weight {tuple(state['weight'].shape)} does not fit "
+                             f"{tuple(head.weight.shape)} (hidden {enc.hidden_size}, {num_classes} classes); "
+                             "was the unimodal run pretrained on another label set (--pretrain-task)?")
+        head.load_state_dict(state)
+        heads[m] = head
+    return heads
+
+
+def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False) -> UnimodalArtefacts:
+    """The pretrained encoder of every modality, the preprocessing it was trained with, and its head."""
     from train.encoders import load_encoder
 
     encoders, specs = {}, {}
@@ -99,28 +120,11 @@ def load_unimodal(data: MultimodalDataset, directory: Path) -> tuple[dict[str, t
             # Normalisation statistics the encoder was trained with (a different --limit refits them).
             spec = ModalitySpec(m, spec.type, dict(meta.get("preprocess", spec.preprocess)))
         specs[m] = spec
-    return encoders, specs
+    return UnimodalArtefacts(encoders, specs, load_unimodal_heads(directory, encoders, data.num_classes) if heads else None)
 
 
-def encoder_entry(encoder: Any, source: Path | None = None) -> dict[str, Any]:
-    return {"modality_type": encoder.modality_type, "architecture": encoder.architecture,
-            "build_config": encoder.build_config, "hf_config": encoder.backbone.config.to_dict(),
-            "source": None if source is None else str(source)}
 
 
-def rebuild_encoder(entry: dict[str, Any]) -> torch.nn.Module:
-    """An encoder of the recorded architecture, randomly initialised: load the run's weights next."""
-    from transformers import AutoConfig, AutoModel
-
-    from train.encoders import ATTN_IMPLEMENTATION
-    from train.encoders.loading import ARCHITECTURES
-
-    if entry["architecture"] not in ARCHITECTURES:
-        raise ValueError(f"unknown encoder architecture {entry['architecture']!r}; known {sorted(ARCHITECTURES)}")
-    hf = dict(entry["hf_config"])
-    hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    backbone = AutoModel.from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION)
-    return ARCHITECTURES[entry["architecture"]](backbone, dict(entry["build_config"]), entry["modality_type"])
 
 
 def _jsonable(obj: Any) -> Any:
@@ -138,33 +142,64 @@ def collate_for(model: MultimodalModel) -> Collate:
     return Collate(model.info.modalities, model.task, model.num_classes)
 
 
+def pattern_validator(model: MultimodalModel, val: list[Sample], collate: Collate):  # noqa: ANN201
+    """``validate`` for the loop: every pattern's headline metric on val, and their mean as the headline."""
+    metric = headline(model.task)
+
+    def validate(_wrapped: torch.nn.Module) -> dict[str, float]:
+        by_pattern = evaluate_all_patterns(model, val, collate)
+        scores = {f"{k}_{metric}": float(v[metric]) for k, v in by_pattern.items()}
+        scores[metric] = float(sum(scores.values()) / max(1, len(scores)))
+        return scores
+
+    return validate
+
+
+def complete_validator(model: MultimodalModel, val: list[Sample], collate: Collate):  # noqa: ANN201
+    def validate(wrapped: torch.nn.Module) -> dict[str, float]:
+        logits, labels = predict_logits(wrapped, val, collate)
+        return task_metrics(model.task, logits, labels)
+
+    return validate
+
+
 def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> dict[str, Any]:
     """Train ``cfg.method``, evaluate every pattern on test, save the run; returns metrics.json's content.
 
-    ``dataset`` skips loading (tests, notebooks); otherwise ``cfg.dataset`` is loaded.
+    ``dataset`` skips loading (tests, notebooks); otherwise ``cfg.dataset`` is loaded. Under
+    several processes every rank trains its shard and evaluates; only the main process writes.
     """
+    from accelerate import PartialState
+
+    if cfg.select not in SELECTIONS:
+        raise ValueError(f"--select must be one of {list(SELECTIONS)}, got {cfg.select!r}")
     seed_everything(cfg.seed)
-    get_method(cfg.method)  # fail on a typo before loading anything
+    method = get_method(cfg.method)  # fail on a typo before loading anything
     if dataset is None:
         from train.data.registry import load_dataset
 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
     out = Path(cfg.out or default_out(cfg))
     src = unimodal_dir(cfg)
-    encoders, specs = load_unimodal(dataset, src)
-    info = DatasetInfo(dataset.name, dataset.task, list(dataset.labels), specs)
-    entries = {m: encoder_entry(e, src / m / "encoder") for m, e in encoders.items()}  # before LoRA
+    phase1 = load_unimodal(dataset, src, heads=method.uses_unimodal_heads)
+    info = DatasetInfo(dataset.name, dataset.task, list(dataset.labels), phase1.specs)
+    entries = {m: encoder_entry(e, src / m / "encoder") for m, e in phase1.encoders.items()}  # before LoRA
     seed_everything(cfg.seed)
-    model = get_method(cfg.method).build(info, encoders, cfg.method_config)
+    model = method.build(info, phase1.encoders, cfg.method_config, heads=phase1.heads)
     collate = collate_for(model)
-    train, val, test = (dataset.split(s) for s in ("train", "val", "test"))
+    train, val, carved = ensure_validation_split(dataset.split("train"), dataset.splits.get("val", []),
+                                                 cfg.val_fraction, cfg.seed)
+    test = dataset.split("test")
     if cfg.train_missing is not None:  # test stays as given: the protocols mask it themselves
         names = list(dataset.modalities)
         train = mask_split(train, names, cfg.train_missing, cfg.train_eta, cfg.seed)
         val = mask_split(val, names, cfg.train_missing, cfg.train_eta, cfg.seed + 1)
     loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          warmup_epochs=cfg.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress)
-    result = train_loop(model, train, val or train, collate, info.task, loop_cfg, out / "checkpoints")
+                          warmup_epochs=cfg.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
+                          keep="last" if cfg.select == "last" else "best")
+    validator = complete_validator if cfg.select == "complete" else pattern_validator
+    result = train_loop(model, train, val, collate, info.task, loop_cfg, out / "checkpoints",
+                        validate=validator(model, val, collate))
     started = time.perf_counter()
     by_pattern = evaluate_all_patterns(model, test, collate)
     as_given = evaluate_by_pattern(model, test, collate)
@@ -173,11 +208,16 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "test_by_pattern": by_pattern,  # every pattern P, on the test samples that have P, others withheld
         "test_as_given": as_given,  # test samples grouped by the pattern they actually have
         "parameters": model.parameter_counts(),
+        "encoder_adaptation": model.encoder_adaptation,
+        "select": cfg.select,
         "best_epoch": result.best_epoch, "best_val": result.best_score, "epochs": cfg.epochs,
+        "optimizer_steps": {"per_epoch": result.steps_per_epoch, "total": result.total_steps,
+                            "num_processes": result.num_processes},
         "resumed_from_epoch": result.resumed_from_epoch,
         "train_wall_time_s": round(result.wall_time_s, 2),
         "eval_wall_time_s": round(time.perf_counter() - started, 2),
         "num_samples": {"train": len(train), "val": len(val), "test": len(test)},
+        "val_carved_from_train": carved,
         "train_missing": cfg.train_missing, "train_eta": cfg.train_eta if cfg.train_missing else None,
         "train_patterns": _pattern_counts(train, model.modalities),
         "history": result.history,
@@ -187,36 +227,9 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "patterns": [p.key for p in all_patterns(model.modalities)], "output_names": list(OUTPUT_NAMES),
         "train": _jsonable(cfg),
     }
-    state = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "method": cfg.method})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        if (out / "checkpoints").is_dir():  # keep the resume point: re-running only re-evaluates
-            os.replace(out / "checkpoints", tmp / "checkpoints")
+    state = PartialState()
+    if state.is_main_process:
+        weights = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
+        save_run(out, weights, config, metrics, cfg.method)
+    state.wait_for_everyone()
     return metrics
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train first with `mmedge train run --method M --dataset D`")
-    config = json.loads(path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {config.get('format_version')} is not {FORMAT_VERSION}")
-    return config
-
-
-def load_run(run_dir: Path) -> MultimodalModel:
-    """Rebuild a trained model (eval mode) from config.json + model.safetensors; no pickle."""
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    info = DatasetInfo.from_dict(config["dataset"])
-    encoders = {m: rebuild_encoder(e) for m, e in config["encoders"].items()}
-    model = get_method(config["method"]).build(info, encoders, config["config"])
-    model.load_state_dict(load_file(str(run_dir / MODEL_FILE)), strict=True)
-    return model.eval()
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / METRICS_FILE).read_text())

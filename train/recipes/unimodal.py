@@ -12,24 +12,26 @@ later freeze. Layout of ``out``:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import save_file
 from torch import nn
 
-from train.batches import Batch, Collate
-from train.checkpoint import atomic_dir, write_json_atomic
+from train.engine.batches import Batch, Collate
+from train.engine.checkpoint import atomic_dir, write_json_atomic
 from train.data.registry import load_dataset
 from train.data.types import MultimodalDataset, Task
 from train.encoders import ModalityEncoder, build_encoder, default_encoder_config, load_encoder, minilm_dir
-from train.loop import LoopConfig, predict_logits, train_loop
-from train.metrics import task_metrics
-from train.seeding import seed_everything
+from train.engine.loop import LoopConfig, predict_logits, train_loop
+from train.engine.metrics import task_metrics
+from train.engine.seeding import seed_everything
+from train.engine.validation import ensure_validation_split
+from train.runs import run_dir
 
 # Scratch encoders learn fast at the paper's lr; a pretrained transformer needs a gentler one.
 SCRATCH_LR, PRETRAINED_LR = 1e-3, 5e-5
@@ -56,10 +58,11 @@ class UnimodalConfig:
     runs_dir: Path = Path("runs")
     resume: bool = True
     progress: bool = True
+    val_fraction: float = 0.1  # carved out of train, stratified and seeded, when the data has no val split
 
 
 def default_out(cfg: UnimodalConfig) -> Path:
-    return cfg.runs_dir / Path(cfg.dataset).name / "unimodal" / cfg.modality
+    return run_dir(cfg.runs_dir, cfg.dataset, "unimodal") / cfg.modality
 
 
 class UnimodalClassifier(nn.Module):
@@ -112,13 +115,14 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     collate = Collate({cfg.modality: spec}, data.task, data.num_classes)
     loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, resume=cfg.resume,
                           lr=cfg.lr or (PRETRAINED_LR if pretrained else SCRATCH_LR), progress=cfg.progress)
+    has["train"], has["val"], carved = ensure_validation_split(has["train"], has["val"], cfg.val_fraction, cfg.seed)
     result = train_loop(model, has["train"], has["val"], collate, data.task, loop_cfg, out / "checkpoints")
     test_logits, test_labels = predict_logits(model, has["test"], collate)
     started = time.perf_counter()
     metrics = {
         "dataset": data.name, "modality": cfg.modality, "modality_type": spec.type, "task": data.task,
         "pretrained_from": cfg.encoder or (str(minilm_dir()) if spec.type == "text" else None),
-        "num_samples": {k: len(v) for k, v in has.items()},
+        "num_samples": {k: len(v) for k, v in has.items()}, "val_carved_from_train": carved,
         "test": task_metrics(data.task, test_logits, test_labels),
         "best_epoch": result.best_epoch, "best_val": result.best_score,
         "epochs": cfg.epochs, "train_wall_time_s": round(result.wall_time_s, 2),
@@ -127,15 +131,16 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
         "history": result.history,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
     }
-    with atomic_dir(out / "encoder") as tmp:
-        encoder.save_pretrained(tmp)
-    save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
-    write_json_atomic(out / "modality.json", {"name": spec.name, "type": spec.type, "preprocess": spec.preprocess,
-                                              "labels": data.labels, "task": data.task})
-    metrics["save_time_s"] = round(time.perf_counter() - started, 2)
-    write_json_atomic(out / "metrics.json", metrics)
+    state = PartialState()
+    if state.is_main_process:  # one writer under several processes
+        with atomic_dir(out / "encoder") as tmp:
+            encoder.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
+        write_json_atomic(out / "modality.json", {"name": spec.name, "type": spec.type, "preprocess": spec.preprocess,
+                                                  "labels": data.labels, "task": data.task})
+        metrics["save_time_s"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(out / "metrics.json", metrics)
+    state.wait_for_everyone()
     return metrics
 
 
-def read_metrics(out: Path) -> dict[str, Any]:
-    return json.loads((Path(out) / "metrics.json").read_text())

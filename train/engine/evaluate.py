@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from runtime.patterns import Pattern, all_patterns
-from train.batches import Collate
+from train.engine.batches import Collate
 from train.data.types import Sample
 from train.methods.base import MultimodalModel, PatternModule, pattern_inputs
-from train.metrics import task_metrics
+from train.engine.metrics import task_metrics
 
 
 def predict_pattern(module: PatternModule, samples: Sequence[Sample], collate: Collate, batch_size: int = 128

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from runtime.cli import DefaultsFormatter
+from train.cli.common import add_data_args
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,27 +21,23 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=DefaultsFormatter,
     )
+    add_data_args(p, seed_help="seed of the test-time availability masks",
+                  limit_help="cap samples per split (default: the run's own cap, so its test set is the run's)")
     p.add_argument("--method", default="cmpt", help="registered method name of the run")
-    p.add_argument("--dataset", default="av-digits", help="av-digits, easy-vqa, or a user-format directory")
     p.add_argument("--run", type=Path, default=None, help="trained run dir (default: runs/<dataset>/<method>)")
-    p.add_argument("--protocol", default="all", help="patterns, sweep, lee or all")
+    p.add_argument("--protocol", default="patterns",
+                   help="patterns (no training), sweep (no training), lee (TRAINS one model per missing case "
+                        "unless already trained) or all")
     p.add_argument("--eta", type=float, default=0.7, help="Lee et al. missing rate")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-time availability masks")
-    p.add_argument("--limit", type=int, default=None,
-                   help="cap samples per split (default: the run's own cap, so its test set is the run's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of the Lee runs (default: the run's)")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: <run>/eval)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                   help="where runs live: the default --run, and the Lee runs as "
-                        "<runs-dir>/<dataset>/<method>-train-<case>-<eta%%>")
     p.add_argument("--unimodal-dir", type=Path, default=None, help="pretrained encoders for the Lee runs")
-    p.add_argument("--data-dir", type=Path, default=None, help="dataset cache (default: $MMEDGE_DATA_DIR or ./data)")
     p.set_defaults(func=run_eval_command)
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from train.protocols import EvalConfig, format_grid, format_sweep, run_eval
-    from train.tables import pattern_table
+    from train.recipes.protocols import EvalConfig, format_grid, format_sweep, run_eval
+    from train.reporting.tables import pattern_table
 
     cfg = EvalConfig(method=args.method, dataset=args.dataset, run=args.run, protocol=args.protocol, eta=args.eta,
                      seed=args.seed, limit=args.limit, epochs=args.epochs, out=args.out, runs_dir=args.runs_dir,

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from runtime.patterns import Pattern, all_patterns
-from train.ablation_stats import ROLES, aggregate_runs, verdicts
-from train.checkpoint import write_json_atomic
+from train.reporting.ablation_stats import ROLES, aggregate_runs, verdicts
+from train.engine.checkpoint import write_json_atomic
 from train.data.types import MultimodalDataset
-from train.metrics import headline
-from train.multimodal import TrainConfig, collate_for, load_run, train_method
+from train.engine.metrics import headline
+from train.recipes.method import TrainConfig, collate_for, train_method
+from train.runs import load_run, run_dir
 
 RESULTS = "results.json"
 FORMAT_VERSION = 1
@@ -83,7 +84,7 @@ def settings(cfg: AblationConfig) -> dict[str, Any]:
 
 
 def default_out(cfg: AblationConfig) -> Path:
-    return cfg.out or cfg.runs_dir / Path(cfg.dataset).name / ("ablation-full" if cfg.full else "ablation")
+    return cfg.out or run_dir(cfg.runs_dir, cfg.dataset, "ablation-full" if cfg.full else "ablation")
 
 
 def machine_info() -> dict[str, Any]:
@@ -105,8 +106,8 @@ def machine_info() -> dict[str, Any]:
 def ensure_unimodal(cfg: AblationConfig, data: MultimodalDataset, udir: Path, epochs: int, limit: int | None
                     ) -> dict[str, Any]:
     """Pretrain each modality's encoder that is missing from ``udir``; returns their metrics."""
-    from train.unimodal import UnimodalConfig, pretrain_unimodal
-    from train.unimodal import read_metrics as read_unimodal
+    from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal
+    from train.runs import read_metrics as read_unimodal
 
     out: dict[str, Any] = {}
     for m in data.modality_names:
@@ -158,14 +159,14 @@ def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int
         train_time = previous.get("wall_time_s", {}).get("train", train_time)
     sweep, sweep_time = None, None
     if cfg.sweep:
-        sweep_fn = sweep_function()
-        if sweep_fn is not None:
-            model = load_run(run_dir)  # the saved run, as shipped: also checks it reloads
-            t0 = time.perf_counter()
-            sweep = sweep_fn(model, data.split("test"), collate_for(model), model.modalities, model.task,
-                             fractions=eff["sweep_fractions"], seed=0)
-            sweep_time = round(time.perf_counter() - t0, 2)
-            sweep.pop("details", None)  # per-point pattern counts: bulky, and the curves carry the numbers
+        from train.recipes.protocols import missing_rate_sweep
+
+        model = load_run(run_dir)  # the saved run, as shipped: also checks it reloads
+        t0 = time.perf_counter()
+        sweep = missing_rate_sweep(model, data.split("test"), collate_for(model), model.modalities, model.task,
+                                   fractions=eff["sweep_fractions"], seed=0)
+        sweep_time = round(time.perf_counter() - t0, 2)
+        sweep.pop("details", None)  # per-point pattern counts: bulky, and the curves carry the numbers
     return {
         "method": method, "seed": seed, "dir": str(run_dir),
         "test_by_pattern": metrics["test_by_pattern"], "sweep": sweep,
@@ -175,15 +176,6 @@ def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int
         "wall_time_s": {"train": train_time, "eval_patterns": metrics["eval_wall_time_s"], "sweep": sweep_time,
                         "this_invocation": round(time.perf_counter() - started, 2)},
     }
-
-
-def sweep_function() -> Callable[..., dict[str, Any]] | None:
-    """The other protocol helper's ``missing_rate_sweep`` when it is importable and implemented."""
-    try:
-        from train.protocols import missing_rate_sweep
-    except ImportError:
-        return None
-    return missing_rate_sweep
 
 
 def summarise(cfg: AblationConfig, data: MultimodalDataset, runs: Sequence[dict[str, Any]], eff: dict[str, Any],
@@ -230,23 +222,15 @@ def run_ablation(cfg: AblationConfig, dataset: MultimodalDataset | None = None) 
 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=eff["limit"], seed=cfg.data_seed)
     out = default_out(cfg)
-    udir = cfg.unimodal_dir or cfg.runs_dir / Path(cfg.dataset).name / "unimodal"
+    udir = cfg.unimodal_dir or run_dir(cfg.runs_dir, cfg.dataset, "unimodal")
     unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
-    notes = []
-    if cfg.sweep and sweep_function() is None:
-        notes.append("missing-rate sweep not run: train.protocols.missing_rate_sweep was not available")
+    notes: list[str] = []
     previous = _previous_runs(out / RESULTS)
     runs: list[dict[str, Any]] = []
     for method in cfg.methods:
         for seed in cfg.seeds:
-            try:
-                rec = run_one(cfg, dataset, method, seed, out / method / f"seed{seed}", udir, eff,
-                              previous.get((method, seed)))
-            except NotImplementedError:  # the sweep exists but is still a stub: per-pattern numbers only
-                notes.append("missing-rate sweep not run: missing_rate_sweep raised NotImplementedError")
-                cfg = dataclasses.replace(cfg, sweep=False)
-                rec = run_one(cfg, dataset, method, seed, out / method / f"seed{seed}", udir, eff,
-                              previous.get((method, seed)))
+            rec = run_one(cfg, dataset, method, seed, out / method / f"seed{seed}", udir, eff,
+                          previous.get((method, seed)))
             runs.append(rec)
             scores = ", ".join(f"{k} {v[headline(dataset.task)]:.4f}" for k, v in rec["test_by_pattern"].items())
             print(f"[ablation] {dataset.name} {method} seed {seed}: {scores} "

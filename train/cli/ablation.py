@@ -1,4 +1,4 @@
-"""`mmedge train ablation` and `mmedge train report`: thin front ends over train.ablation / train.report."""
+"""`mmedge train ablation` and `mmedge train report`: thin front ends over train.recipes.ablation / train.reporting.report."""
 from __future__ import annotations
 
 import argparse
@@ -65,7 +65,7 @@ def add_ablation_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablation(args: argparse.Namespace) -> int:
-    from train.ablation import AblationConfig, default_out, run_ablation
+    from train.recipes.ablation import AblationConfig, default_out, run_ablation
 
     methods = _str_list(args.methods) if isinstance(args.methods, str) else args.methods
     seeds = _int_list(args.seeds) if isinstance(args.seeds, str) else args.seeds
@@ -75,7 +75,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
                          out=args.out, unimodal_dir=args.unimodal_dir,
                          runs_dir=args.runs_dir, data_dir=args.data_dir, threads=args.threads, note=args.note)
     results = run_ablation(cfg)
-    from train.report import dataset_table, verdict_lines
+    from train.reporting.report import dataset_table, verdict_lines
 
     print(dataset_table(results))
     for line in verdict_lines(results):
@@ -85,7 +85,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from train.report import write_report
+    from train.reporting.report import write_report
 
     path = write_report(args.runs_dir, args.out)
     print(f"report written to {path}")

@@ -39,10 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from train.multimodal import TrainConfig, train_method
-    from train.multimodal import default_out as method_out
-    from train.tables import pattern_table
-    from train.unimodal import UnimodalConfig, default_out, pretrain_unimodal
+    from train.recipes.method import TrainConfig, train_method
+    from train.recipes.method import default_out as method_out
+    from train.reporting.tables import pattern_table
+    from train.recipes.unimodal import UnimodalConfig, default_out, pretrain_unimodal
 
     runs_dir = args.runs_dir / "quick" if args.quick else args.runs_dir  # never mix smoke runs with real ones
     limit = 200 if args.quick else None
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pattern_table(metrics["test_by_pattern"]))
     print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
           f"trained in {metrics['train_wall_time_s']:.0f} s{_reused(metrics)}; run saved to {method_out(tcfg)}")
-    from train.demo_stream import stream_tables
+    from train.recipes.demo_stream import stream_tables
 
     events = streamed[0]["events"]
     predicted = sum(c["num_samples"] for c in streamed[0]["patterns"].values())
@@ -94,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 def _export_and_stream(args: argparse.Namespace, runs_dir: Path, tcfg, steps: int):
     """Export every precision into one bundle, then stream the test set through each precision."""
     from export.build import BuildConfig, build_bundle
-    from train.checkpoint import write_json_atomic
+    from train.engine.checkpoint import write_json_atomic
     from train.data.registry import load_dataset
-    from train.demo_stream import plot_stream, stream
-    from train.multimodal import default_out as method_out
+    from train.recipes.demo_stream import plot_stream, stream
+    from train.recipes.method import default_out as method_out
 
     precisions = ("fp32", "fp16", "int8")
     print(f"[{steps - 1}/{steps}] exporting {', '.join(precisions)} graphs per availability pattern ...", flush=True)

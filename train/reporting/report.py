@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from train.ablation import RESULTS, machine_info, read_results
-from train.ablation_stats import BASELINE, DROPOUT, PROPOSED, mean_sweep
+from train.recipes.ablation import RESULTS, machine_info, read_results
+from train.reporting.ablation_stats import BASELINE, DROPOUT, PROPOSED, mean_sweep
 
 # What a reader must know about each built-in dataset to read its numbers.
 DATASET_CAVEATS = {
@@ -150,10 +150,8 @@ def title(results: Mapping[str, Any]) -> str:
 
 
 def _plot(results: Mapping[str, Any], figures: Path) -> Path | None:
-    try:
-        from train.plots import plot_sweep
-    except ImportError:
-        return None
+    from train.reporting.plots import plot_sweep
+
     curves = {m: mean_sweep(a["sweep"], m) for m, a in results["aggregate"].items() if a.get("sweep")}
     if not curves:
         return None

@@ -5,7 +5,7 @@
 - ``lee_grid``: Lee et al. / CMPT Table 6 (appendix A4). eta = 70% missing; train one model
   under each missing case, test each under every missing case.
 
-Every score comes from ``train.evaluate.evaluate_mixed``: each sample goes through the branch
+Every score comes from ``train.engine.evaluate.evaluate_mixed``: each sample goes through the branch
 of the modalities it has, exactly the graph the runtime would pick on a device.
 """
 from __future__ import annotations
@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from runtime.patterns import Pattern
-from train.batches import Collate
+from train.engine.batches import Collate
 from train.data.masks import apply_patterns, one_full_other_partial
 from train.data.types import MultimodalDataset, Sample, Task
-from train.evaluate import evaluate_mixed
+from train.engine.evaluate import evaluate_mixed
 from train.methods.base import MultimodalModel, get_method
-from train.metrics import headline
-from train.multimodal import (CONFIG_FILE, METRICS_FILE, TrainConfig, collate_for, default_out, load_run,
-                              mask_split, train_method)
+from train.engine.metrics import headline
+from train.recipes.method import TrainConfig, collate_for, default_out, mask_split, train_method
+from train import runs
+from train.runs import CONFIG_FILE, METRICS_FILE, load_run
 
 SWEEP, LEE = "missing-rate-sweep", "lee-grid"
 
@@ -202,7 +203,7 @@ class EvalConfig:
     method: str = "cmpt"
     dataset: str = "av-digits"
     run: Path | None = None  # default: runs/<dataset>/<method>
-    protocol: str = "all"  # patterns | sweep | lee | all
+    protocol: str = "patterns"  # patterns | sweep | lee (trains) | all
     eta: float = 0.7  # Lee et al. missing rate
     seed: int = 0  # test-time masks (sweep and Lee)
     limit: int | None = None  # cap per split; default: the run's own (so its test set is the run's)
@@ -238,16 +239,16 @@ def run_eval(cfg: EvalConfig, dataset: MultimodalDataset | None = None) -> dict[
     """Run ``cfg.protocol`` and write its files; returns {protocol: result, "files": [paths], "out": dir}."""
     import time
 
-    from train.checkpoint import write_json_atomic
-    from train.evaluate import evaluate_all_patterns
-    from train.plots import plot_lee_grid, plot_sweep
+    from train.engine.checkpoint import write_json_atomic
+    from train.engine.evaluate import evaluate_all_patterns
+    from train.reporting.plots import plot_lee_grid, plot_sweep
 
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if not 0 < cfg.eta < 1:
         raise ValueError(f"--eta must be in (0, 1), got {cfg.eta}")
     get_method(cfg.method)  # a typo fails here, before any loading or training
-    run_dir = Path(cfg.run or Path(cfg.runs_dir) / Path(cfg.dataset).name / cfg.method)
+    run_dir = Path(cfg.run or runs.run_dir(cfg.runs_dir, cfg.dataset, cfg.method))
     wanted = ("patterns", "sweep", "lee") if cfg.protocol == "all" else (cfg.protocol,)
     needs_run = bool({"patterns", "sweep"} & set(wanted))
     if needs_run and not (run_dir / CONFIG_FILE).is_file():

@@ -1,0 +1,43 @@
+"""`mmedge train` / `python -m train`: thin argparse front ends over library functions."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runtime.cli import is_missing_dependency, missing_extra_message
+from train.cli.ablation import add_ablation_parsers
+from train.cli.eval import add_eval_parser
+from train.cli.train import add_run_parser, add_unimodal_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmedge train",
+        description="Pretrain unimodal encoders and train missing-modality methods.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    add_unimodal_parser(sub)
+    add_run_parser(sub)
+    add_eval_parser(sub)
+    add_ablation_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as err:
+        # A runtime-only install (mmedge[cpu]) has no torch: say what to install, not a traceback.
+        if not is_missing_dependency(err):
+            raise
+        print(missing_extra_message(f"mmedge train {args.command}", err, "train"), file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input gets one clear line, not a traceback.
+        print(f"mmedge train {args.command}: error: {err}", file=sys.stderr)
+        return 2

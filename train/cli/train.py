@@ -1,0 +1,117 @@
+"""`mmedge train unimodal` and `mmedge train run`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from runtime.cli import DefaultsFormatter
+from train.cli.common import add_data_args, methods_help, parse_options
+
+
+class _HelpFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every help line, and the method list in the epilog kept as written."""
+
+
+def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "unimodal",
+        help="pretrain one modality's encoder with a linear head",
+        description=(
+            "Pretrain one encoder with a linear head on the samples that have MODALITY. Saves the encoder in "
+            "Hugging Face format (safetensors), the head (head.safetensors) and metrics.json; the multimodal "
+            "methods start from them. Seeded; re-running resumes from the last checkpoint. Several processes: "
+            "prefix with `accelerate launch -m train` (GPUs) or `ACCELERATE_USE_CPU=true torchrun "
+            "--nproc_per_node 2 -m train` (CPU)."
+        ),
+        formatter_class=DefaultsFormatter,
+    )
+    add_data_args(p)
+    p.add_argument("--modality", required=True, help="modality name in the dataset, e.g. image, audio, question")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<dataset>/unimodal/<modality>)")
+    p.add_argument("--encoder", default=None,
+                   help="HF hub id or local dir to start from (default: packaged MiniLM for text, scratch otherwise)")
+    p.add_argument("--size", choices=("tiny", "small", "base"), default="small", help="scratch encoder size")
+    p.add_argument("--hidden-size", type=int, default=None, help="scratch encoder width (default: per size)")
+    p.add_argument("--patch-size", type=int, default=None, help="image encoder patch (default: derived from the image)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 scratch, 5e-5 pretrained)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+    p.set_defaults(func=_run_unimodal)
+
+
+def _run_unimodal(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from train.recipes.unimodal import UnimodalConfig, default_out, pretrain_unimodal
+
+    cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out, encoder=args.encoder,
+                         size=args.size, hidden_size=args.hidden_size, patch_size=args.patch_size, epochs=args.epochs,
+                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
+                         data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume)
+    metrics = pretrain_unimodal(cfg)
+    if PartialState().is_main_process:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
+        print(f"{metrics['dataset']} / {metrics['modality']}: test {scores} "
+              f"(best epoch {metrics['best_epoch'] + 1}/{metrics['epochs']}, {metrics['train_wall_time_s']:.0f} s)")
+        print(f"encoder saved to {(cfg.out or default_out(cfg)) / 'encoder'}")
+    return 0
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    from train.engine.validation import SELECTIONS
+
+    p = sub.add_parser(
+        "run",
+        help="train a registered missing-modality method on the pretrained unimodal encoders",
+        description=(
+            "Train METHOD on DATASET starting from what `mmedge train unimodal` saved under "
+            "runs/<dataset>/unimodal/<modality>/, then score every availability pattern on the test split "
+            "through that pattern's own branch (the module export traces). Saves model.safetensors, config.json "
+            "and metrics.json under runs/<dataset>/<method>/. Seeded; re-running resumes from the last checkpoint. "
+            "Several processes: prefix with `accelerate launch -m train` (GPUs) or "
+            "`ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m train` (CPU)."
+        ),
+        epilog="registered methods and their --set options:\n" + methods_help(),
+        formatter_class=_HelpFormatter,
+    )
+    add_data_args(p)
+    p.add_argument("--method", default="cmpt", help="registered method name (listed below)")
+    p.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<dataset>/<method>)")
+    p.add_argument("--unimodal-dir", type=Path, default=None,
+                   help="pretrained encoders, one <modality>/encoder each (default: runs/<dataset>/unimodal)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, repeatable (each method's options are listed below)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (the CMPT paper's image-text setting)")
+    p.add_argument("--warmup-epochs", type=int, default=5, help="epochs at 0.1x lr before the poly(0.9) decay")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per step (per process)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, wd 0.02, eps 1e-8)")
+    p.add_argument("--select", choices=SELECTIONS, default="patterns",
+                   help="the kept epoch: best mean validation metric over every availability pattern (patterns), "
+                        "best with the validation samples as given (complete), or the last epoch (last)")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
+    p.set_defaults(func=_run_method)
+
+
+def _run_method(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from train.recipes.method import TrainConfig, default_out, train_method
+    from train.reporting.tables import pattern_table
+
+    cfg = TrainConfig(method=args.method, dataset=args.dataset, method_config=parse_options(args.options),
+                      out=args.out, unimodal_dir=args.unimodal_dir, epochs=args.epochs,
+                      warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      limit=args.limit, data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume,
+                      select=args.select)
+    metrics = train_method(cfg)
+    if not PartialState().is_main_process:
+        return 0
+    print(f"{metrics['dataset']} / {metrics['method']}: test metrics per available-modality pattern")
+    print(pattern_table(metrics["test_by_pattern"]))
+    params = metrics["parameters"]
+    print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
+          f"train {metrics['train_wall_time_s']:.0f} s (kept epoch {metrics['best_epoch'] + 1}/{metrics['epochs']}, "
+          f"--select {metrics['select']}, {metrics['optimizer_steps']['total']} steps per process)")
+    print(f"saved to {cfg.out or default_out(cfg)}")
+    return 0

@@ -1,0 +1,1 @@
+"""Reusable training pieces: the loop, batches, checkpoints, schedule, seeding, metrics, evaluation."""

@@ -1,0 +1,1 @@
+"""Experiments people run: unimodal pretraining, method training, protocols, ablation, demo."""

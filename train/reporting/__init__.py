@@ -1,0 +1,1 @@
+"""Turning results into reports: tables, plots, aggregated statistics, docs/results.md."""
