@@ -142,7 +142,7 @@ def pattern_data(model: Any, dataset: Any, pattern: Any, cfg: BuildConfig) -> Pa
     return PatternData(c_args, c_feeds, v_args, v_feeds, v_labels)
 
 
-def default_out(cfg: BuildConfig, dataset_name: str) -> Path:
+def default_bundle_dir(cfg: BuildConfig, dataset_name: str) -> Path:
     return cfg.bundles_dir / f"{Path(dataset_name).name}-{cfg.method}-{'-'.join(cfg.precisions)}"
 
 
@@ -218,7 +218,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
     from tqdm.auto import tqdm
 
     patterns = all_patterns(model.modalities)
-    out = Path(cfg.out or default_out(cfg, model.info.name))
+    out = Path(cfg.out or default_bundle_dir(cfg, model.info.name))
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
     results: list[ParityResult] = []

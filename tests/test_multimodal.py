@@ -68,7 +68,7 @@ def test_cli_run_prints_a_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(registry, "load_dataset", lambda *a, **k: make_dataset(2))
     code = main(["run", "--method", "modality-dropout", "--dataset", "tiny2", "--epochs", "1", "--warmup-epochs", "0",
                  "--batch-size", "8", "--out", str(tmp_path / "md"), "--unimodal-dir", str(tmp_path / "unimodal"),
-                 "--set", "lora_rank=2"])
+                 "--set", "lora_rank=2", "--min-steps", "0"])
     out = capsys.readouterr().out
     assert code == 0
     assert "audio+image" in out and "accuracy" in out and "learnable" in out

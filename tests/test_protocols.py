@@ -16,7 +16,7 @@ from tiny_multimodal import make_dataset, make_encoders, make_samples
 from train.data.masks import apply_patterns, random_missing
 from train.engine.evaluate import evaluate_all_patterns, evaluate_by_pattern, evaluate_mixed, predict_mixed, predict_pattern
 from train.methods import DatasetInfo, build_method
-from train.recipes.method import TrainConfig, collate_for, default_out
+from train.recipes.method import TrainConfig, collate_for, method_run_dir
 from train.reporting.plots import plot_sweep
 from train.recipes.protocols import lee_grid, missing_rate_sweep
 
@@ -128,7 +128,7 @@ def test_lee_grid_trains_under_each_case_and_tests_on_each(tmp_path: Path, monke
     for t in cases:
         for c in cases:
             assert grid["grid"][t][c] == grid["details"][t][c]["accuracy"]
-    run = default_out(dataclasses.replace(base, train_missing="missing-image"))
+    run = method_run_dir(dataclasses.replace(base, train_missing="missing-image"))
     assert run.name == "late-fusion-train-missing-image-70" and (run / "model.safetensors").is_file()
     saved = json.loads((run / "config.json").read_text())["train"]
     assert saved["train_missing"] == "missing-image" and saved["train_eta"] == 0.7

@@ -75,7 +75,7 @@ def test_unknown_modality_is_a_clear_cli_error(tmp_path, capsys):
 
 def test_cli_trains_and_reports(tmp_path, capsys):
     rc = train_main(["unimodal", "--dataset", "av-digits", "--modality", "image", "--size", "tiny",
-                     "--epochs", "1", "--limit", "40", "--out", str(tmp_path / "img")])
+                     "--epochs", "1", "--limit", "40", "--min-steps", "0", "--out", str(tmp_path / "img")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and str(tmp_path / "img" / "encoder") in out

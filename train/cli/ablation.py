@@ -65,7 +65,7 @@ def add_ablation_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_ablation(args: argparse.Namespace) -> int:
-    from train.recipes.ablation import AblationConfig, default_out, run_ablation
+    from train.recipes.ablation import AblationConfig, ablation_dir, run_ablation
 
     methods = _str_list(args.methods) if isinstance(args.methods, str) else args.methods
     seeds = _int_list(args.seeds) if isinstance(args.seeds, str) else args.seeds
@@ -80,7 +80,7 @@ def _run_ablation(args: argparse.Namespace) -> int:
     print(dataset_table(results))
     for line in verdict_lines(results):
         print(line)
-    print(f"results: {default_out(cfg) / 'results.json'}")
+    print(f"results: {ablation_dir(cfg) / 'results.json'}")
     return 0
 
 

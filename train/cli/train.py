@@ -36,6 +36,8 @@ def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=20, help="training epochs")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 scratch, 5e-5 pretrained)")
+    p.add_argument("--min-steps", type=int, default=300,
+                   help="lengthen a run that would make fewer optimiser steps (small data sets); 0 keeps --epochs")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
     p.set_defaults(func=_run_unimodal)
 
@@ -43,18 +45,18 @@ def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
 def _run_unimodal(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from train.recipes.unimodal import UnimodalConfig, default_out, pretrain_unimodal
+    from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal, unimodal_run_dir
 
     cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out, encoder=args.encoder,
                          size=args.size, hidden_size=args.hidden_size, patch_size=args.patch_size, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
-                         data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume)
+                         data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume, min_steps=args.min_steps)
     metrics = pretrain_unimodal(cfg)
     if PartialState().is_main_process:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
         print(f"{metrics['dataset']} / {metrics['modality']}: test {scores} "
               f"(best epoch {metrics['best_epoch'] + 1}/{metrics['epochs']}, {metrics['train_wall_time_s']:.0f} s)")
-        print(f"encoder saved to {(cfg.out or default_out(cfg)) / 'encoder'}")
+        print(f"encoder saved to {(cfg.out or unimodal_run_dir(cfg)) / 'encoder'}")
     return 0
 
 
@@ -83,7 +85,11 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (each method's options are listed below)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (the CMPT paper's image-text setting)")
-    p.add_argument("--warmup-epochs", type=int, default=5, help="epochs at 0.1x lr before the poly(0.9) decay")
+    p.add_argument("--warmup-epochs", type=float, default=5,
+                   help="epochs at 0.1x lr before the poly(0.9) decay; kept as a share of the run when --min-steps "
+                        "lengthens it, and it must be shorter than the run")
+    p.add_argument("--min-steps", type=int, default=300,
+                   help="lengthen a run that would make fewer optimiser steps (small data sets); 0 keeps --epochs")
     p.add_argument("--batch-size", type=int, default=32, help="samples per step (per process)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, wd 0.02, eps 1e-8)")
     p.add_argument("--select", choices=SELECTIONS, default="patterns",
@@ -96,14 +102,14 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 def _run_method(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from train.recipes.method import TrainConfig, default_out, train_method
+    from train.recipes.method import TrainConfig, method_run_dir, train_method
     from train.reporting.tables import pattern_table
 
     cfg = TrainConfig(method=args.method, dataset=args.dataset, method_config=parse_options(args.options),
                       out=args.out, unimodal_dir=args.unimodal_dir, epochs=args.epochs,
                       warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       limit=args.limit, data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume,
-                      select=args.select)
+                      select=args.select, min_steps=args.min_steps)
     metrics = train_method(cfg)
     if not PartialState().is_main_process:
         return 0
@@ -113,5 +119,5 @@ def _run_method(args: argparse.Namespace) -> int:
     print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
           f"train {metrics['train_wall_time_s']:.0f} s (kept epoch {metrics['best_epoch'] + 1}/{metrics['epochs']}, "
           f"--select {metrics['select']}, {metrics['optimizer_steps']['total']} steps per process)")
-    print(f"saved to {cfg.out or default_out(cfg)}")
+    print(f"saved to {cfg.out or method_run_dir(cfg)}")
     return 0

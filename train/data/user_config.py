@@ -13,8 +13,8 @@ TOP_KEYS = ("name", "task", "labels", "modalities", "split", "description")
 MODALITY_KEYS: dict[str, tuple[str, ...]] = {
     "image": ("type", "size", "channels", "scale", "interpolation"),
     "text": ("type", "tokenizer_file", "max_length", "pad"),
-    "audio": ("type", "input", "sample_rate", "mfcc", "n_features", "max_frames", "pad"),
-    "timeseries": ("type", "n_channels", "max_frames", "pad"),
+    "audio": ("type", "input", "sample_rate", "mfcc", "n_features", "features", "max_frames", "pad"),
+    "timeseries": ("type", "n_channels", "channels", "max_frames", "pad"),
 }
 
 

@@ -269,11 +269,37 @@ class _Reader:
                                             "tokenizer_file")
                 spec["tokenizer_file"] = str(tok)
             elif kind == "timeseries":
-                spec.setdefault("n_channels", _common_width(raws))
+                self._alias(name, spec, "channels", "n_channels")
+                spec.setdefault("n_channels", self._first_width(name, train))
             elif kind == "audio":
                 self._audio_spec(name, spec, rows, raws)
             out[name] = spec
         return out
+
+    def _alias(self, name: str, spec: dict[str, Any], friendly: str, key: str) -> None:
+        """``channels`` / ``features`` in dataset.json mean the spec's ``n_channels`` / ``n_features``."""
+        if friendly in spec:
+            value = spec.pop(friendly)
+            if key in spec and spec[key] != value:
+                raise self.config_error(name, f"modality {name!r} sets both {friendly!r} ({value}) and {key!r} "
+                                        f"({spec[key]})", "keep one of them", friendly)
+            spec[key] = value
+
+    def _first_width(self, name: str, rows: list[_Row]) -> int:
+        """The last-axis width of the first (T, C) file: it fixes the width; a later file that differs fails.
+
+        A first file with fewer frames than channels is most likely saved as (C, T): say so.
+        """
+        first = next((r for r in rows if getattr(r.inputs.get(name), "ndim", 0) == 2), None)
+        if first is None:
+            return 0
+        frames, width = first.inputs[name].shape
+        if frames < width:
+            log.warning("%s: the first %r file %s has shape (%d, %d), fewer frames than channels; files must be "
+                        "(T, C): if they are saved as (C, T), transpose them, or declare \"channels\" in "
+                        "dataset.json so every file is checked against it", self.root, name,
+                        first.files.get(name, "?"), frames, width)
+        return int(width)
 
     def _audio_spec(self, name: str, spec: dict[str, Any], rows: list[_Row], raws: list[Any]) -> None:
         with_file = [r for r in rows if name in r.kinds]
@@ -300,7 +326,8 @@ class _Reader:
             spec["mfcc"] = {"n_mfcc": 13, "n_fft": 1 << (win - 1).bit_length(), "win_length": win,
                             "hop_length": round(0.010 * sr), "n_mels": 40, **spec.get("mfcc", {})}
         elif raws:
-            spec.setdefault("n_features", _common_width([a for a in raws if getattr(a, "ndim", 0) == 2] or raws))
+            self._alias(name, spec, "features", "n_features")
+            spec.setdefault("n_features", self._first_width(name, [r for r in rows if name in r.inputs]))
 
     def validate(self, specs: dict[str, dict[str, Any]], rows: list[_Row]) -> list[_Row]:
         """Run every non-text value through its preprocessor once, so bad files fail here, with their line."""
@@ -323,8 +350,6 @@ class _Reader:
         return kept
 
 
-def _common_width(raws: list[Any]) -> int:
-    return int(Counter(a.shape[-1] if getattr(a, "ndim", 0) else 0 for a in raws).most_common(1)[0][0])
 
 
 def load_user_dataset(path: Path | str, *, limit: int | None = None, seed: int = 0, strict: bool = True) -> MultimodalDataset:

@@ -39,6 +39,7 @@ from train.engine.schedule import poly_warmup
 from train.engine.seeding import epoch_generator, seed_everything
 
 BEST = "best.safetensors"
+CHECKPOINT_EVERY_S = 30.0
 
 
 @dataclass
@@ -48,7 +49,7 @@ class LoopConfig:
     lr: float = 1e-3
     weight_decay: float = 0.02
     eps: float = 1e-8
-    warmup_epochs: int = 1
+    warmup_epochs: float = 1
     grad_clip: float | None = 1.0
     seed: int = 0
     resume: bool = True
@@ -132,7 +133,10 @@ def train_loop(
     if not train_samples:
         raise ValueError("no training samples")
     seed_everything(cfg.seed)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=bool(getattr(model, "find_unused_parameters", False)))
+    # Unused-parameter detection on: the encoders we wrap carry tables some modalities never use
+    # (BERT's word embeddings under projected audio frames), and methods may run one modality per
+    # forward; without it data-parallel training stops at the second step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(kwargs_handlers=[ddp])
     params = [p for p in model.parameters() if p.requires_grad]
     make_optimizer = getattr(model, "make_optimizer", None)
@@ -163,7 +167,7 @@ def train_loop(
 
     steps_per_epoch = len(loader_for(0))  # per process, after sharding
     result.steps_per_epoch, result.total_steps = steps_per_epoch, cfg.epochs * steps_per_epoch
-    factor = poly_warmup(result.total_steps, cfg.warmup_epochs * steps_per_epoch)
+    factor = poly_warmup(result.total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     step = start_epoch * steps_per_epoch
     if step:
@@ -184,7 +188,7 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         return {"loss": float(out["loss"].detach())}
 
-    started = time.perf_counter()
+    started = last_saved = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(cfg.seed + epoch)  # dropout masks replay identically after a resume
         loader = loader_for(epoch)
@@ -218,7 +222,11 @@ def train_loop(
             if accelerator.is_main_process:
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 save_file(_trainable_state(unwrapped), str(best_path))
-        if accelerator.is_main_process:
+        # The resume point costs a full write of weights and optimiser state: at most every
+        # CHECKPOINT_EVERY_S seconds, and always after the last epoch (many short epochs on small data).
+        due = time.perf_counter() - last_saved >= CHECKPOINT_EVERY_S or epoch == cfg.epochs - 1
+        if accelerator.is_main_process and due:
+            last_saved = time.perf_counter()
             save_checkpoint(last, unwrapped, optimizer, {
                 "epoch": epoch, "step": step, "history": result.history,
                 "best_epoch": result.best_epoch, "best_score": result.best_score,

@@ -206,8 +206,8 @@ class StepContext:
     - do not step the learning-rate schedule: the loop steps it once per batch, whatever the
       number of optimiser steps inside (one schedule step = one batch of one process);
     - return plain floats for logging; ``"loss"`` is required.
-    Under data parallelism, a forward through ``ctx.forward`` that leaves trainable
-    parameters unused needs ``find_unused_parameters = True`` on the model class.
+    Under data parallelism the loop enables unused-parameter detection, so a forward that
+    uses only some parameters (one modality's encoder) is fine.
     """
 
     forward: Callable[..., dict[str, Tensor]]
@@ -237,8 +237,6 @@ class MultimodalModel(nn.Module):
     config_class: ClassVar[type] = dict
     # Phase 1 hands over the unimodal heads too (``load_unimodal_heads``), not only the encoders.
     uses_unimodal_heads: ClassVar[bool] = False
-    # Set when some forward passes leave trainable parameters unused (data-parallel wrappers need it).
-    find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: Any) -> None:
         super().__init__()

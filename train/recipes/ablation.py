@@ -83,7 +83,7 @@ def settings(cfg: AblationConfig) -> dict[str, Any]:
     return base
 
 
-def default_out(cfg: AblationConfig) -> Path:
+def ablation_dir(cfg: AblationConfig) -> Path:
     return cfg.out or run_dir(cfg.runs_dir, cfg.dataset, "ablation-full" if cfg.full else "ablation")
 
 
@@ -221,7 +221,7 @@ def run_ablation(cfg: AblationConfig, dataset: MultimodalDataset | None = None) 
         from train.data.registry import load_dataset
 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=eff["limit"], seed=cfg.data_seed)
-    out = default_out(cfg)
+    out = ablation_dir(cfg)
     udir = cfg.unimodal_dir or run_dir(cfg.runs_dir, cfg.dataset, "unimodal")
     unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
     notes: list[str] = []

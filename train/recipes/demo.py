@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from train.recipes.method import TrainConfig, train_method
-    from train.recipes.method import default_out as method_out
+    from train.recipes.method import method_run_dir as method_out
     from train.reporting.tables import pattern_table
-    from train.recipes.unimodal import UnimodalConfig, default_out, pretrain_unimodal
+    from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal, unimodal_run_dir
 
     runs_dir = args.runs_dir / "quick" if args.quick else args.runs_dir  # never mix smoke runs with real ones
     limit = 200 if args.quick else None
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         m = pretrain_unimodal(cfg)
         wall = "reused" if _reused(m) else f"{m['train_wall_time_s']:.0f}"
         rows.append((modality, m["test"]["accuracy"], m["num_samples"]["test"], wall,
-                     m["encoder_parameters"], default_out(cfg)))
+                     m["encoder_parameters"], unimodal_run_dir(cfg)))
     print(f"[{len(MODALITIES) + 1}/{steps}] training {METHOD} on the frozen encoders ...", flush=True)
     tcfg = TrainConfig(method=METHOD, dataset=DATASET, runs_dir=runs_dir, data_dir=args.data_dir, seed=args.seed,
                        epochs=3 if args.quick else args.method_epochs, warmup_epochs=1 if args.quick else 5,
@@ -97,7 +97,7 @@ def _export_and_stream(args: argparse.Namespace, runs_dir: Path, tcfg, steps: in
     from train.engine.checkpoint import write_json_atomic
     from train.data.registry import load_dataset
     from train.recipes.demo_stream import plot_stream, stream
-    from train.recipes.method import default_out as method_out
+    from train.recipes.method import method_run_dir as method_out
 
     precisions = ("fp32", "fp16", "int8")
     print(f"[{steps - 1}/{steps}] exporting {', '.join(precisions)} graphs per availability pattern ...", flush=True)

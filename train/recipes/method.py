@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file
 
 from runtime.patterns import all_patterns
 from train.data.types import ModalitySpec, MultimodalDataset, Sample
 from train.engine.batches import Collate
+from train.engine.budget import near_chance_warning, plan_budget
 from train.engine.evaluate import evaluate_all_patterns, evaluate_by_pattern
 from train.engine.loop import LoopConfig, predict_logits, train_loop
 from train.engine.metrics import headline, task_metrics
@@ -36,7 +38,10 @@ class TrainConfig:
     # The paper's Table 5 (image-text): 10 epochs, 5 warm-up epochs at 0.1x lr, lr 1e-3,
     # AdamW(wd 0.02, eps 1e-8). Batch 32 instead of 8: per-step overhead dominates on CPU.
     epochs: int = 10
-    warmup_epochs: int = 5
+    warmup_epochs: float = 5
+    # Lengthen a run that would make fewer optimiser steps (train.engine.budget); 0: epochs as given.
+    # The CLI defaults to 300, so a small user data set still trains; library callers choose.
+    min_steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.02
@@ -54,7 +59,7 @@ class TrainConfig:
     val_fraction: float = 0.1  # carved out of train, stratified and seeded, when the data has no val split
 
 
-def default_out(cfg: TrainConfig) -> Path:
+def method_run_dir(cfg: TrainConfig) -> Path:
     name = cfg.method
     if cfg.train_missing is not None:  # beside the normal run, never over it
         name = f"{cfg.method}-train-{cfg.train_missing}-{round(cfg.train_eta * 100)}"
@@ -68,7 +73,7 @@ def mask_split(samples: list[Sample], modalities: list[str], case: str, eta: flo
     return apply_patterns(samples, missing_case(len(samples), modalities, eta, case, seed), on_empty="keep")
 
 
-def unimodal_dir(cfg: TrainConfig) -> Path:
+def unimodal_source_dir(cfg: TrainConfig) -> Path:
     return cfg.unimodal_dir or run_dir(cfg.runs_dir, cfg.dataset, "unimodal")
 
 
@@ -169,8 +174,6 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
     ``dataset`` skips loading (tests, notebooks); otherwise ``cfg.dataset`` is loaded. Under
     several processes every rank trains its shard and evaluates; only the main process writes.
     """
-    from accelerate import PartialState
-
     if cfg.select not in SELECTIONS:
         raise ValueError(f"--select must be one of {list(SELECTIONS)}, got {cfg.select!r}")
     seed_everything(cfg.seed)
@@ -179,8 +182,8 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         from train.data.registry import load_dataset
 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
-    out = Path(cfg.out or default_out(cfg))
-    src = unimodal_dir(cfg)
+    out = Path(cfg.out or method_run_dir(cfg))
+    src = unimodal_source_dir(cfg)
     phase1 = load_unimodal(dataset, src, heads=method.uses_unimodal_heads)
     info = DatasetInfo(dataset.name, dataset.task, list(dataset.labels), phase1.specs)
     entries = {m: encoder_entry(e, src / m / "encoder") for m, e in phase1.encoders.items()}  # before LoRA
@@ -194,12 +197,19 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         names = list(dataset.modalities)
         train = mask_split(train, names, cfg.train_missing, cfg.train_eta, cfg.seed)
         val = mask_split(val, names, cfg.train_missing, cfg.train_eta, cfg.seed + 1)
-    loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          warmup_epochs=cfg.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
+    budget = plan_budget(len(train), cfg.batch_size, PartialState().num_processes, cfg.epochs, cfg.warmup_epochs,
+                         cfg.min_steps)
+    if budget.note and PartialState().is_main_process:
+        print(budget.note, flush=True)
+    loop_cfg = LoopConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          warmup_epochs=budget.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
                           keep="last" if cfg.select == "last" else "best")
     validator = complete_validator if cfg.select == "complete" else pattern_validator
     result = train_loop(model, train, val, collate, info.task, loop_cfg, out / "checkpoints",
                         validate=validator(model, val, collate))
+    warning = near_chance_warning(info.task, info.num_classes, result.best_score, len(val), headline(info.task))
+    if warning and PartialState().is_main_process:
+        print(f"warning: {warning}", flush=True)
     started = time.perf_counter()
     by_pattern = evaluate_all_patterns(model, test, collate)
     as_given = evaluate_by_pattern(model, test, collate)
@@ -210,7 +220,8 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "parameters": model.parameter_counts(),
         "encoder_adaptation": model.encoder_adaptation,
         "select": cfg.select,
-        "best_epoch": result.best_epoch, "best_val": result.best_score, "epochs": cfg.epochs,
+        "best_epoch": result.best_epoch, "best_val": result.best_score, "epochs": budget.epochs,
+        "warmup_epochs": budget.warmup_epochs, "batch_size": budget.batch_size, "budget_note": budget.note, "near_chance_warning": warning,
         "optimizer_steps": {"per_epoch": result.steps_per_epoch, "total": result.total_steps,
                             "num_processes": result.num_processes},
         "resumed_from_epoch": result.resumed_from_epoch,

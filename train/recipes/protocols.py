@@ -23,7 +23,7 @@ from train.data.types import MultimodalDataset, Sample, Task
 from train.engine.evaluate import evaluate_mixed
 from train.methods.base import MultimodalModel, get_method
 from train.engine.metrics import headline
-from train.recipes.method import TrainConfig, collate_for, default_out, mask_split, train_method
+from train.recipes.method import TrainConfig, collate_for, method_run_dir, mask_split, train_method
 from train import runs
 from train.runs import CONFIG_FILE, METRICS_FILE, load_run
 
@@ -114,7 +114,7 @@ def lee_train_config(base: TrainConfig, case: str, eta: float) -> TrainConfig:
 
 def _finished(cfg: TrainConfig) -> bool:
     """A complete run of exactly this config exists (train_method would only re-evaluate it)."""
-    out = default_out(cfg)
+    out = method_run_dir(cfg)
     if not ((out / CONFIG_FILE).is_file() and (out / METRICS_FILE).is_file()):
         return False
     saved = json.loads((out / CONFIG_FILE).read_text()).get("train", {})
@@ -153,7 +153,7 @@ def lee_grid(base: TrainConfig, eta: float = 0.7, seed: int = 0, cases: Sequence
     tests = {c: mask_split(test, names, c, eta, seed) for c in cases}  # one fixed mask per test case
     for train_case in cases:
         cfg = lee_train_config(base, train_case, eta)
-        run_dir = default_out(cfg)
+        run_dir = method_run_dir(cfg)
         if not _finished(cfg):
             if log:  # the loop's progress bars do not say which case they train
                 log(f"training {base.method} under {train_case} (eta {eta:g}: {out['descriptions'][train_case]}) "

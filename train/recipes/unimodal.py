@@ -30,6 +30,7 @@ from train.encoders import ModalityEncoder, build_encoder, default_encoder_confi
 from train.engine.loop import LoopConfig, predict_logits, train_loop
 from train.engine.metrics import task_metrics
 from train.engine.seeding import seed_everything
+from train.engine.budget import plan_budget
 from train.engine.validation import ensure_validation_split
 from train.runs import run_dir
 
@@ -59,9 +60,10 @@ class UnimodalConfig:
     resume: bool = True
     progress: bool = True
     val_fraction: float = 0.1  # carved out of train, stratified and seeded, when the data has no val split
+    min_steps: int = 0  # lengthen a run that would make fewer optimiser steps (train.engine.budget); CLI: 300
 
 
-def default_out(cfg: UnimodalConfig) -> Path:
+def unimodal_run_dir(cfg: UnimodalConfig) -> Path:
     return run_dir(cfg.runs_dir, cfg.dataset, "unimodal") / cfg.modality
 
 
@@ -105,7 +107,7 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     data = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
     if cfg.modality not in data.modalities:
         raise ValueError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
-    out = cfg.out or default_out(cfg)
+    out = cfg.out or unimodal_run_dir(cfg)
     has = {s: [x for x in data.split(s) if x.inputs.get(cfg.modality) is not None] for s in ("train", "val", "test")}
     if not has["train"]:
         raise ValueError(f"no training sample of {data.name!r} has modality {cfg.modality!r}")
@@ -113,9 +115,15 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     encoder, pretrained = _make_encoder(cfg, data)
     model = UnimodalClassifier(encoder, cfg.modality, data.num_classes, data.task)
     collate = Collate({cfg.modality: spec}, data.task, data.num_classes)
-    loop_cfg = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, resume=cfg.resume,
-                          lr=cfg.lr or (PRETRAINED_LR if pretrained else SCRATCH_LR), progress=cfg.progress)
     has["train"], has["val"], carved = ensure_validation_split(has["train"], has["val"], cfg.val_fraction, cfg.seed)
+    # One warm-up epoch at 0.1x lr (the loop's default), kept as a share of the run if it is lengthened.
+    budget = plan_budget(len(has["train"]), cfg.batch_size, PartialState().num_processes, cfg.epochs,
+                         1 if cfg.epochs > 1 else 0, cfg.min_steps)
+    if budget.note and PartialState().is_main_process:
+        print(budget.note, flush=True)
+    loop_cfg = LoopConfig(epochs=budget.epochs, warmup_epochs=budget.warmup_epochs, batch_size=budget.batch_size,
+                          seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
+                          lr=cfg.lr or (PRETRAINED_LR if pretrained else SCRATCH_LR))
     result = train_loop(model, has["train"], has["val"], collate, data.task, loop_cfg, out / "checkpoints")
     test_logits, test_labels = predict_logits(model, has["test"], collate)
     started = time.perf_counter()
@@ -125,7 +133,7 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
         "num_samples": {k: len(v) for k, v in has.items()}, "val_carved_from_train": carved,
         "test": task_metrics(data.task, test_logits, test_labels),
         "best_epoch": result.best_epoch, "best_val": result.best_score,
-        "epochs": cfg.epochs, "train_wall_time_s": round(result.wall_time_s, 2),
+        "epochs": budget.epochs, "budget_note": budget.note, "train_wall_time_s": round(result.wall_time_s, 2),
         "resumed_from_epoch": result.resumed_from_epoch,
         "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
         "history": result.history,
