@@ -150,6 +150,14 @@ def _graph(g: Any, where: str, modalities: dict[str, Any], n_labels: int, precis
     if unknown:
         raise _fail(f"{where}.pattern", f"{key!r} names {unknown}, which are not modalities of this bundle "
                                         f"({sorted(modalities)})")
+    try:
+        return key, _graph_fields(g, where, n_labels, precisions)
+    except BundleIntegrityError as err:
+        err.pattern = key  # which branch the bad entry belongs to
+        raise
+
+
+def _graph_fields(g: dict[str, Any], where: str, n_labels: int, precisions: tuple[str, ...]) -> str:
     precision = _str(g.get("precision"), f"{where}.precision", choices=precisions)
     _str(g.get("file"), f"{where}.file")
     sha = _str(g.get("sha256"), f"{where}.sha256")
@@ -174,7 +182,7 @@ def _graph(g: Any, where: str, modalities: dict[str, Any], n_labels: int, precis
     _opt(g.get("ort_sha256"), str, f"{where}.ort_sha256")
     if g.get("ort_file") is not None and not _HEX64.fullmatch(str(g.get("ort_sha256"))):
         raise _fail(f"{where}.ort_sha256", "must be 64 lowercase hex digits when ort_file is set")
-    return key, precision
+    return precision
 
 
 def check(data: Any, precisions: tuple[str, ...]) -> None:

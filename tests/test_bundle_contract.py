@@ -313,3 +313,30 @@ def test_sign_cli_errors_are_reported_not_raised(bundle: Path, keys, tmp_path: P
     assert not (root / "manifest.sig").exists()
     err = capsys.readouterr().err
     assert "manifest.json" in err and "private" in err
+
+
+def test_without_an_atomic_exchange_a_swap_killed_between_renames_is_restored(bundle: Path, tmp_path: Path) -> None:
+    """The documented fallback (no renameat2): killed between its two renames, the target is missing
+    and the old bundle sits under .<name>.old-<pid>; the next write to the target moves it back first."""
+    target = copy_bundle(bundle, tmp_path / "b")
+    (target / "generation").write_text("old")
+    script = "import runtime.atomic as atomic\natomic.exchange = lambda a, b: False\n" + KILL_MID_SWAP
+    subprocess.run([sys.executable, "-c", script, str(bundle), str(target)], cwd=REPO, capture_output=True,
+                   timeout=120)
+    assert not target.exists() and len(list(tmp_path.glob(".b.old-*"))) == 1
+    with pytest.raises(BundleIntegrityError):
+        load_manifest(next(tmp_path.glob(".b.old-*")))
+    from runtime.atomic import _sweep_stale
+
+    _sweep_stale(target)  # what the next atomic_dir(target) does first
+    load_manifest(target)
+    assert (target / "generation").read_text() == "old" and not list(tmp_path.glob(".b.*"))
+
+
+def test_runtime_cli_checks_a_trusted_key(signed: Path, keys, tmp_path: Path, capsys) -> None:
+    from runtime.runtime_cli import main
+
+    assert main(["info", str(signed), "--trusted-key", str(keys[1]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signature"] == "verified"
+    assert main(["info", str(signed), "--trusted-key", str(keys[2])]) == 2
+    assert "BundleSignatureError" in capsys.readouterr().err
