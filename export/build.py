@@ -222,16 +222,19 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
     results: list[ParityResult] = []
+    ranges: dict[str, list[float]] = {}
     with atomic_bundle_dir(out) as tmp:
         steps = tqdm(total=len(patterns) * len(cfg.precisions), desc=f"export {out.name}", unit="graph",
                      disable=not cfg.progress)
         for pattern in patterns:
             key, module = pattern.key, model.pattern_module(pattern).eval()
             data = pattern_data(model, dataset, pattern, cfg)
+            _widen_ranges(ranges, data.calib_feeds)
             fp32 = tmp / "graphs" / "fp32" / f"{key}.onnx"
             example = tuple(t[: min(4, len(t))] for t in data.calib_args[0])
             info = export_pattern(module, example, fp32, dynamic_seq=seq,
                                   exporter=cfg.exporter)  # type: ignore[arg-type]
+            stamp_graph(fp32, key, "fp32")
             ref = torch_outputs(module, data.val_args)
             for precision in cfg.precisions:
                 steps.set_postfix_str(f"{key} {precision}")
@@ -242,6 +245,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                     t0 = time.perf_counter()
                     report = convert_precision(precision, fp32, path, data.calib_feeds, cfg)
                     seconds = time.perf_counter() - t0
+                    stamp_graph(path, key, precision)
                     rep = tmp / "reports" / precision / f"{key}.json"
                     rep.parent.mkdir(parents=True, exist_ok=True)
                     rep.write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -263,7 +267,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                                         "degraded")
         if "fp32" not in cfg.precisions:  # the FP32 graphs were only the source of the conversions
             shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
-        manifest = _manifest(tmp, model, entries, cfg)
+        manifest = _manifest(tmp, model, entries, cfg, ranges)
         if cfg.placeholders:
             manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
         if cfg.engine == "tensorrt":
@@ -313,7 +317,35 @@ def _ort_parity(check: Callable[[Path], ParityResult], ort_path: Path, onnx: Par
                 "failures": [f"cannot run {ort_path.name}: {type(exc).__name__}: {exc}"]}
 
 
-def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig) -> Manifest:
+def stamp_graph(path: Path, pattern: str, precision: str) -> None:
+    """Write the graph's pattern and precision into its own ONNX ``metadata_props`` (the runtime
+    cross-checks them against the manifest entry: runtime.graph_checks). External data stays as is."""
+    import onnx
+
+    from runtime.graph_checks import PATTERN_KEY, PRECISION_KEY
+
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({PATTERN_KEY: pattern, PRECISION_KEY: precision})
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+
+
+def _widen_ranges(ranges: dict[str, list[float]], feeds: Sequence[dict[str, np.ndarray]]) -> None:
+    """[low, high] per float feed over the calibration batches: the range the runtime accepts (widened)."""
+    for batch in feeds:
+        for name, arr in batch.items():
+            if arr.dtype.kind == "f" and arr.size:
+                low, high = float(arr.min()), float(arr.max())
+                if name in ranges:
+                    low, high = min(low, ranges[name][0]), max(high, ranges[name][1])
+                ranges[name] = [low, high]
+
+
+def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig,
+              ranges: dict[str, list[float]] | None = None) -> Manifest:
     full = [e for e in entries if e.pattern == all_patterns(model.modalities)[0].key][0]
     modalities, files = {}, {}
     for m, spec in model.info.modalities.items():
@@ -329,7 +361,8 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                 pre[k] = relpath(dst, tmp)
                 files[pre[k]] = sha256_file(dst)
         inputs = [replace(i) for i in full.inputs if i.name.split(".", 1)[0] == m]
-        modalities[m] = ModalityEntry(m, spec.type, inputs, pre)
+        own = {n: r for n, r in (ranges or {}).items() if n.split(".", 1)[0] == m}
+        modalities[m] = ModalityEntry(m, spec.type, inputs, pre, input_range=own or None)
     return Manifest(method=model.method_name, dataset=model.info.name, task=model.task,
                     labels=list(model.info.labels), modalities=modalities, graphs=entries, files=files,
                     tools=tool_versions(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

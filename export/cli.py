@@ -40,7 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter; legacy (TorchScript tracing) is a faster escape hatch (default: dynamo)")
     b.add_argument("--no-progress", action="store_true")
+    k = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles (needs mmedge[sign])",
+                       description="Write KEY (private, PEM, mode 0600) and KEY.pub (public, PEM). Keep KEY off the "
+                                   "devices; ship KEY.pub to them as a trusted key.")
+    k.add_argument("--out", type=Path, required=True, help="path of the private key; the public key is OUT.pub")
+    s = sub.add_parser("sign", help="sign a bundle's manifest (detached ed25519 signature, needs mmedge[sign])",
+                       description="Verify BUNDLE, then write BUNDLE/manifest.sig over its canonical manifest, which "
+                                   "pins every file's sha256. Devices load it with Runtime.load(..., "
+                                   "trusted_keys=[KEY.pub]).")
+    s.add_argument("bundle", type=Path)
+    s.add_argument("--key", type=Path, required=True, help="private key from `mmedge export keygen`")
     return parser
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """keygen / sign: torch-free, runtime.signing does the work."""
+    from runtime.errors import MMEdgeError
+    from runtime.signing import generate_key, key_id, load_public_key, sign_bundle
+
+    prog = f"mmedge export {args.command}"
+    try:
+        if args.command == "keygen":
+            private, public = generate_key(args.out)
+            raw = load_public_key(public).public_bytes_raw()
+            print(f"private key {private} (keep it secret)\npublic key  {public} (key id {key_id(raw)}): pass it as "
+                  "Runtime.load(..., trusted_keys=[...])")
+            return 0
+        path = sign_bundle(args.bundle, args.key)
+        print(f"signed {args.bundle}: {path}")
+        return 0
+    except FileExistsError as exc:
+        print(f"{prog}: error: {exc.filename} exists; choose another --out (keys are never overwritten)",
+              file=sys.stderr)
+    except (MMEdgeError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 1
 
 
 def format_table(manifest: Manifest) -> str:
@@ -63,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in ("keygen", "sign"):
+        return _keys(args)
     from export.build import BuildConfig, BuildError, build_bundle
     from export.tensorrt import TensorRTUnavailable
     from export.validate import ParityError

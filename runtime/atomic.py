@@ -1,11 +1,19 @@
 """Write a directory atomically: bundles, runs and checkpoints all go through here.
 
-Build in a temp dir beside the target, rename onto it only on success, so a crash never
-leaves a half-written directory under the real name. Stdlib only: export and train both
-use it, and neither may import the other's helpers.
+Build in a temp dir beside the target and swap it in only on success, so a crash never
+leaves a half-written directory under the real name, and a reader never finds the target
+missing: on Linux the swap is one ``renameat2(RENAME_EXCHANGE)`` of the new and the old
+directory, so at every instant the target is either the complete old or the complete new
+directory. Where that call does not exist (other systems, some file systems) it falls back
+to two renames, target -> ``.<name>.old-<pid>`` then temp -> target; a process killed
+between them leaves no target, and the next ``atomic_dir`` on it moves the old one back
+before anything else. Stdlib only: export and train both use it, and neither may import
+the other's helpers.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -13,14 +21,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
+
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """A temp dir ``.<name>.tmp-<pid>-*`` beside ``target``, renamed onto it only on success.
+    """A temp dir ``.<name>.tmp-<pid>-*`` beside ``target``, swapped onto it only on success.
 
     On any exception the temp dir is removed. After a SIGKILL it stays behind under its temp
-    name (runtime.manifest.load_manifest refuses such names), and the next write to the same
-    target sweeps temp dirs whose process is gone.
+    name (runtime.manifest.load_manifest refuses such names, and ``.old-`` ones), and the next
+    write to the same target sweeps temp and old dirs whose process is gone.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -31,23 +43,66 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is meant to be read by a device's service user
     try:
         yield tmp
-        old = target.with_name(f".{target.name}.old-{os.getpid()}") if target.exists() else None
-        if old is not None:
+        if target.exists() or target.is_symlink():
+            if exchange(tmp, target):  # tmp now holds the old directory (a dead pid's tmp name: swept if killed)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
+            os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in _NO_EXCHANGE:
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _pid_of(name: str, marker: str) -> int | None:
+    try:
+        return int(name.rsplit(marker, 1)[1].split("-", 1)[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _sweep_stale(target: Path) -> None:
+    """Remove temp/old dirs of dead processes; first, if a fallback swap was killed between its two
+    renames (no target, an old dir), move the newest such old dir back to the target."""
+    dead_old = [p for p in target.parent.glob(f".{target.name}.old-*")
+                if (pid := _pid_of(p.name, ".old-")) is not None and not _alive(pid)]
+    if dead_old and not (target.exists() or target.is_symlink()):
+        newest = max(dead_old, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, target)
+        dead_old.remove(newest)
+    for p in dead_old:
+        shutil.rmtree(p, ignore_errors=True)
     for p in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)  # still running: leave it alone
-        except ProcessLookupError:
+        pid = _pid_of(p.name, ".tmp-")
+        if pid is not None and not _alive(pid):
             shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, PermissionError, IndexError):
-            pass

@@ -44,6 +44,11 @@ class BundleIntegrityError(MMEdgeError):
         super().__init__(message, pattern=pattern)
 
 
+class BundleSignatureError(BundleIntegrityError):
+    """``Runtime.load(trusted_keys=...)``: the bundle is unsigned, or not signed by a trusted key, or its
+    manifest is not the one that was signed."""
+
+
 class UnknownPrecision(MMEdgeError, ValueError):
     """``Runtime.load(precision=...)`` named a precision the bundle does not hold."""
 
@@ -86,6 +91,16 @@ class InputDtypeError(RuntimeInputError):
 
 class NonFiniteInput(RuntimeInputError):
     """NaN or Inf in a sample (or values that overflow the graph's input dtype)."""
+
+
+class InputOutOfRange(RuntimeInputError):
+    """A finite value far outside the range the graph was exported for (see ``ModalityEntry.input_range``),
+    or one that drove the graph to NaN/Inf: a reduced-precision graph cannot represent it."""
+
+
+class InvalidArgument(RuntimeInputError):
+    """A bad keyword or container argument (``top_k``, ``errors``, a ``predict_batch`` that is not a
+    list), refused before anything runs."""
 
 
 class NoModalityAvailable(RuntimeInputError):

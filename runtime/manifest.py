@@ -10,9 +10,16 @@ Layout of a bundle directory (every path in the manifest is relative to it)::
     preprocess/<modality>/tokenizer.json      files the preprocessing specs reference
     reports/<precision>/<pattern key>.json    full calibration reports
 
-``load_manifest`` is the only reader: it checks the schema version, refuses any path that
-leaves the bundle (absolute, "..", symlinks pointing outside) and verifies the sha256 of
-every listed file, so a tampered or half-written bundle never loads. Stdlib (+ runtime).
+``load_manifest`` is the only reader: it checks the schema version and every field against the
+schema (runtime.manifest_schema), refuses any path that leaves the bundle (absolute, "..",
+symlinks pointing outside or in a loop) and verifies the sha256 of every listed file, so a
+tampered or half-written bundle never loads; with ``trusted_keys`` it also checks the
+detached signature ``manifest.sig`` (runtime.signing). Stdlib (+ runtime).
+
+Integrity holds for what a session actually reads: the runtime hashes the bytes it hands to
+onnxruntime, and each graph carries its pattern and precision in its own ONNX metadata
+(``metadata_props`` keys ``mmedge.pattern`` / ``mmedge.precision``), cross-checked at session
+creation, so two graphs swapped together with their sha256 entries are caught unsigned too.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from runtime import manifest_schema
 from runtime.errors import BundleIntegrityError
 from runtime.patterns import Pattern
 from runtime.preprocess import FILE_KEYS
@@ -46,6 +54,9 @@ class ModalityEntry:
     type: str  # image | text | audio | timeseries
     inputs: list[TensorSpec]
     preprocess: dict[str, Any]  # runtime.preprocess spec; file keys relative to the bundle
+    # feed name -> [low, high] of the preprocessed calibration feeds at export (float feeds only); the
+    # runtime refuses values far outside it (runtime.session.RANGE_SLACK) with InputOutOfRange
+    input_range: dict[str, list[float]] | None = None
 
 
 @dataclass
@@ -119,14 +130,16 @@ class Manifest:
             raise BundleIntegrityError(
                 f"manifest schema_version {version!r} is not {SCHEMA_VERSION}; re-export the bundle with this "
                 "version of mmedge (`mmedge export build ...`)")
+        manifest_schema.check(d, PRECISIONS)
         try:
             body = {k: v for k, v in d.items() if k != "schema_version"}
             mods = {m: ModalityEntry(e["name"], e["type"], [TensorSpec(**t) for t in e["inputs"]],
-                                     dict(e["preprocess"])) for m, e in body.pop("modalities").items()}
+                                     dict(e["preprocess"]), e.get("input_range"))
+                    for m, e in body.pop("modalities").items()}
             graphs = [_graph(g) for g in body.pop("graphs")]
             baselines = [_graph(g) for g in body.pop("baselines", [])]
             return cls(modalities=mods, graphs=graphs, baselines=baselines, **body)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise BundleIntegrityError(f"malformed manifest: {type(exc).__name__}: {exc}") from None
 
     def save(self, bundle_dir: Path) -> Path:
@@ -159,8 +172,12 @@ def resolve_in_bundle(bundle_dir: Path, rel: str, *, pattern: str | None = None)
         raise BundleIntegrityError(
             f"manifest path {rel!r} leaves the bundle; bundle paths must be relative, without '..'. The bundle "
             "was tampered with or hand-edited: re-export it", pattern=pattern, path=rel)
-    root = Path(bundle_dir).resolve()
-    full = (root / pure).resolve()  # follows symlinks
+    try:
+        root = Path(bundle_dir).resolve()
+        full = (root / pure).resolve()  # follows symlinks
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13), ENAMETOOLONG...
+        raise BundleIntegrityError(f"manifest path {rel!r} cannot be resolved ({type(exc).__name__}: {exc}): a "
+                                   "symlink loop? Re-export the bundle", pattern=pattern, path=rel) from None
     if full != root and root not in full.parents:
         raise BundleIntegrityError(f"manifest path {rel!r} resolves to {full}, outside the bundle {root} "
                                    "(a symlink?); re-export the bundle", pattern=pattern, path=rel)
@@ -180,12 +197,16 @@ def verify_file(bundle_dir: Path, rel: str, sha256: str, *, pattern: str | None 
     return path
 
 
-def load_manifest(bundle_dir: Path | str, *, verify: bool = True) -> Manifest:
-    """Read and check ``bundle_dir/manifest.json``; with ``verify`` every listed file's sha256 too."""
+def load_manifest(bundle_dir: Path | str, *, verify: bool = True, trusted_keys: Any = None) -> Manifest:
+    """Read and check ``bundle_dir/manifest.json``; with ``verify`` every listed file's sha256 too.
+
+    ``trusted_keys`` (ed25519 public keys, see runtime.signing): the manifest must carry a valid
+    signature by one of them (BundleSignatureError otherwise); None: signatures are not checked.
+    """
     bundle_dir = Path(bundle_dir)
     if is_bundle_temp(bundle_dir):
-        raise BundleIntegrityError(f"{bundle_dir} is the temp dir of an unfinished (or killed) export, not a "
-                                   "bundle; load the bundle it was building, or re-run the export",
+        raise BundleIntegrityError(f"{bundle_dir} is the temp or old dir of an unfinished (or killed) export, not "
+                                   "a bundle; load the bundle it was building, or re-run the export",
                                    path=str(bundle_dir))
     path = bundle_dir / MANIFEST_FILE
     if not path.is_file():
@@ -195,6 +216,13 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True) -> Manifest:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleIntegrityError(f"{path} is not valid JSON: {exc}", path=str(path)) from None
+    except (RecursionError, MemoryError):
+        raise BundleIntegrityError(f"{path} is nested too deeply (or too large) to be a manifest; re-export the "
+                                   "bundle", path=str(path)) from None
+    if trusted_keys is not None:  # before any field is used: an unsigned manifest is not even validated
+        from runtime.signing import verify_manifest
+
+        verify_manifest(bundle_dir, data, trusted_keys)
     manifest = Manifest.from_dict(data)
     for g in [*manifest.graphs, *manifest.baselines]:
         try:
@@ -214,8 +242,10 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True) -> Manifest:
 
 
 def is_bundle_temp(path: Path) -> bool:
-    """Temp dirs of an in-progress (or killed) build: ".<name>.tmp-*" beside the target."""
-    return Path(path).name.startswith(".") and ".tmp-" in Path(path).name
+    """Temp dirs of an in-progress (or killed) build, ".<name>.tmp-*", and the previous bundle moved
+    aside by a swap, ".<name>.old-<pid>" (runtime.atomic): never bundles, whatever they contain."""
+    name = Path(path).name
+    return name.startswith(".") and (".tmp-" in name or ".old-" in name)
 
 
 def relpath(path: Path, bundle_dir: Path) -> str:

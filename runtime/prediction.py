@@ -7,12 +7,15 @@ numpy calls instead of batch-shaped array work.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime.errors import BundleIntegrityError, InferenceError, NonFiniteInput
+from runtime.errors import BundleIntegrityError, InferenceError, NonFiniteInput, RuntimeInputError
+
+# feeds -> the input's typed error when NaN/Inf outputs are the input's fault, else None
+Blame = Callable[[Mapping[str, np.ndarray]], RuntimeInputError | None]
 
 LOGITS, PROBS = ("logits",), ("probabilities", "probs")
 EMBEDDING = ("fused_embedding", "embedding")
@@ -44,8 +47,9 @@ def pick(names: Sequence[str], wanted: Sequence[str]) -> str | None:
 class Packer:
     """Turns one graph's output list into Predictions (built once per graph, immutable)."""
 
-    def __init__(self, pattern: str, outputs: Sequence[str], labels: Sequence[str], multi_label: bool) -> None:
-        self.pattern, self.labels, self.multi_label = pattern, list(labels), multi_label
+    def __init__(self, pattern: str, outputs: Sequence[str], labels: Sequence[str], multi_label: bool,
+                 blame: Blame | None = None) -> None:
+        self.pattern, self.labels, self.multi_label, self.blame = pattern, list(labels), multi_label, blame
         logits, probs, emb = pick(outputs, LOGITS), pick(outputs, PROBS), pick(outputs, EMBEDDING)
         if logits is None and probs is None:
             raise BundleIntegrityError(f"graph {pattern!r} has neither logits nor probabilities: {list(outputs)}; "
@@ -61,6 +65,9 @@ class Packer:
         if probs is None:
             probs = _sigmoid(logits) if self.multi_label else _softmax(logits)  # type: ignore[arg-type]
         emb = values[self._emb] if self._emb is not None else None
+        if probs.ndim != 2 or probs.shape[1] != len(self.labels):
+            raise BundleIntegrityError(f"graph {self.pattern!r} returns {list(probs.shape)} scores but the manifest has "
+                                       f"{len(self.labels)} labels; re-export the bundle", pattern=self.pattern)
         n, k = probs.shape[0], max(1, min(int(top_k), probs.shape[1]))
         if n == 1 and probs.shape[1] <= _PY_SORT_UP_TO:  # the streaming case
             p = probs[0].tolist()
@@ -88,7 +95,11 @@ class Packer:
         if bad:  # raw values passed the check but overflowed the graph's input dtype
             raise NonFiniteInput(f"inputs {bad} overflow after preprocessing/casting (values too large for "
                                  f"{[str(feeds[b].dtype) for b in bad]})", pattern=self.pattern)
-        raise InferenceError(f"graph {self.pattern!r} produced NaN/Inf outputs on finite inputs", pattern=self.pattern)
+        err = self.blame(feeds) if self.blame is not None else None
+        if err is not None:
+            raise err
+        raise InferenceError(f"graph {self.pattern!r} produced NaN/Inf outputs on finite inputs inside the export's "
+                             "range", pattern=self.pattern)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ float32 values afterwards (both are linear), so both paths give the same bits.
 """
 from __future__ import annotations
 
-import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +19,40 @@ from runtime.preprocess_base import PreprocessError, as_numeric, need, norm_stat
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601
 
 
-@functools.lru_cache(maxsize=64)
+# Resize matrices are cached by (n_in, n_out, method), bounded by their total bytes (not by entries:
+# one matrix per frame size, and a (224, 100_000) matrix is 90 MB); least recently used go first, and
+# a matrix larger than the whole budget is rebuilt per call instead of cached.
+RESIZE_CACHE_BYTES = 32 << 20
+_CACHE: OrderedDict[tuple[int, int, str], np.ndarray] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_cache_bytes = 0
+
+
 def _resize_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
+    global _cache_bytes
+    key = (n_in, n_out, method)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+    w = _build_matrix(n_in, n_out, method)
+    if w.nbytes <= RESIZE_CACHE_BYTES:
+        with _CACHE_LOCK:
+            if key not in _CACHE:
+                _CACHE[key] = w
+                _cache_bytes += w.nbytes
+            while _cache_bytes > RESIZE_CACHE_BYTES and _CACHE:
+                _cache_bytes -= _CACHE.popitem(last=False)[1].nbytes
+    return w
+
+
+def resize_cache_bytes() -> int:
+    """Bytes held by the resize-matrix cache (at most RESIZE_CACHE_BYTES)."""
+    return _cache_bytes
+
+
+def _build_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
     """(n_out, n_in) weights; resizing is W_h @ img @ W_w.T per channel (separable, half-pixel centres)."""
     w = np.zeros((n_out, n_in), dtype=np.float64)
     scale = n_in / n_out

@@ -1,4 +1,10 @@
-"""Text preprocessing: str -> token ids and attention mask, with the bundle's tokenizer.json."""
+"""Text preprocessing: str -> token ids and attention mask, with the bundle's tokenizer.json.
+
+Only the first ``max_length * TEXT_CHARS_PER_TOKEN`` characters of a raw string are tokenised:
+the rest could only be truncated away, and tokenising it costs time linear in its length (10 M
+characters took 21-67 s). A token covers at least one character, so the cap changes the ids only
+for text averaging more than TEXT_CHARS_PER_TOKEN characters per token (e.g. long runs of spaces).
+"""
 from __future__ import annotations
 
 import threading
@@ -10,6 +16,7 @@ import numpy as np
 
 from runtime.preprocess_base import PreprocessError, all_real_mask, need, pad_mode, pos_int
 
+TEXT_CHARS_PER_TOKEN = 32
 _TOKENIZERS: dict[tuple[str, int], Any] = {}
 _TOKENIZER_LOCK = threading.Lock()
 
@@ -45,6 +52,7 @@ class TextPreprocessor:
         self.pad_fixed = pad_mode(spec, "max_length")
         self.path = path.resolve()
         self.tokenizer, self.pad_id = _load_tokenizer(self.path, self.max_length)
+        self.max_chars = self.max_length * TEXT_CHARS_PER_TOKEN
         self._masks: dict[int, np.ndarray] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -56,7 +64,7 @@ class TextPreprocessor:
             raise PreprocessError("missing", "text is None; drop missing modalities before preprocessing", index)
         if not isinstance(raw, str):
             raise PreprocessError("type", f"text must be str, got {type(raw).__name__}", index)
-        return raw
+        return raw if len(raw) <= self.max_chars else raw[: self.max_chars]
 
     def features(self, raw: Any, index: int | None = None) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(self._check(raw, index)).ids, dtype=np.int64)

@@ -65,17 +65,20 @@ def _ort_status(g: GraphEntry) -> str:
     return "passed" if g.usable_ort_file else ("failed" if g.ort_parity else "unchecked")
 
 
-def info(bundle: Path, precision: str | None, providers: list[str] | None, as_json: bool) -> dict[str, Any]:
+def info(bundle: Path, precision: str | None, providers: list[str] | None, as_json: bool,
+         trusted_keys: list[str] | None = None) -> dict[str, Any]:
     import onnxruntime as ort
 
     from runtime.session import Runtime
 
-    m = load_manifest(bundle)
+    m = load_manifest(bundle, trusted_keys=trusted_keys)
     precision = precision or m.precisions[0]
-    rt = Runtime.load(bundle, precision=precision, providers=providers, warmup=False, intra_op_threads=1)
+    rt = Runtime.load(bundle, precision=precision, providers=providers, warmup=False, intra_op_threads=1,
+                      trusted_keys=trusted_keys)
     out: dict[str, Any] = {
         "bundle": str(bundle), "method": m.method, "dataset": m.dataset, "task": m.task, "labels": m.labels,
         "precisions": m.precisions,
+        "signature": "verified" if trusted_keys else "not checked",
         "patterns": {p: m.patterns(p) for p in m.precisions},
         "inputs": {name: {"type": e.type, "tensors": [{"name": t.name, "dtype": t.dtype, "shape": t.shape}
                                                       for t in e.inputs]} for name, e in m.modalities.items()},
@@ -91,6 +94,7 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         return out
     print(f"bundle      {bundle}  ({m.method} on {m.dataset}, {m.task}, {len(m.labels)} labels)")
     print(f"precisions  {', '.join(m.precisions)}")
+    print(f"signature   {out['signature']}")
     for p in m.precisions:
         sizes = ", ".join(f"{g.pattern} {g.size_bytes / 1e6:.2f} MB"
                           + (f" (+.ort, parity {_ort_status(g)})" if g.ort_file else "")
@@ -108,10 +112,10 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
 
 
 def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict[str, Any], top_k: int,
-            as_json: bool) -> dict[str, Any]:
+            as_json: bool, trusted_keys: list[str] | None = None) -> dict[str, Any]:
     from runtime.session import Runtime
 
-    rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True)
+    rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True, trusted_keys=trusted_keys)
     inputs = {m: raw.get(m) for m in rt.modalities}
     pred = rt.predict(inputs, top_k=top_k)
     out = {"pattern": pred.pattern, "precision": precision, "top": pred.top, "timings_ms": pred.timings,
@@ -141,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--precision", default=None if name == "info" else "fp32")
         p.add_argument("--providers", default=None, help="comma list, e.g. cpu or tensorrt,cuda,cpu (default: best)")
         p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="KEY.pub",
+                       help="refuse the bundle unless signed by this ed25519 public key (repeatable; mmedge[sign])")
         if name == "predict":
             p.add_argument("--top-k", type=int, default=5)
     args, rest = parser.parse_known_args(argv)
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "info":
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
-            info(args.bundle, args.precision, providers, args.json)
+            info(args.bundle, args.precision, providers, args.json, args.trusted_keys)
             return 0
         manifest = load_manifest(args.bundle, verify=False)  # Runtime.load verifies; here only for the flags
         flags = _flags(manifest)
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = {m: read_raw(v, manifest.modalities[m].type) for m, v in vars(margs).items() if v is not None}
         if not raw:
             mp.error(f"give at least one of {', '.join(f[0] for f in flags.values())}")
-        predict(args.bundle, args.precision, providers, raw, args.top_k, args.json)
+        predict(args.bundle, args.precision, providers, raw, args.top_k, args.json, args.trusted_keys)
         return 0
     except (MMEdgeError, CLIInputError, OSError, ValueError) as err:
         print(f"mmedge runtime {args.cmd}: {type(err).__name__}: {err}", file=sys.stderr)

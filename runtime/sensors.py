@@ -14,6 +14,9 @@ Policy per sensor: "treat-as-missing" (the sensor becomes None) or "error" (``sn
 raises the typed error: StaleInput, NonFiniteInput, InputShapeError, FlatlineInput, ...).
 A sensor that never delivered, or was pushed None, is simply missing under either policy.
 The hub keeps a reference to pushed arrays (pass ``copy=True`` if the producer reuses buffers).
+Out-of-order packets: a push whose timestamp is older than the sensor's latest one (a late packet
+over a network, a reordered queue) never replaces the fresher sample, whether it carries data or
+None; it is dropped and counted in ``out_of_order`` (per sensor). Equal timestamps replace.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ class SensorStatus:
 @dataclass
 class _Slot:
     data: Any = None
-    timestamp: float | None = None
+    timestamp: float | None = None  # of the latest push, None included (late packets are older than it)
     error: RuntimeInputError | None = None
     prev: np.ndarray | None = None  # private copy for the flat-line detector (producers reuse buffers)
     repeats: int = 0
@@ -88,6 +91,7 @@ class SensorHub:
         self.flatline_eps = float(flatline_eps)
         self.clock = clock
         self._slots = {n: _Slot() for n in self.names}
+        self._out_of_order = {n: 0 for n in self.names}
         self._lock = threading.Lock()
         self._report: dict[str, str | None] = {n: "no sample yet" for n in self.names}
 
@@ -113,8 +117,11 @@ class SensorHub:
                 value = value.copy()
         with self._lock:
             slot = self._slots[name]
+            if slot.timestamp is not None and ts < slot.timestamp:  # a late packet: keep the newest reading
+                self._out_of_order[name] += 1
+                return None
             if data is None:  # the producer says "no data": missing, not unhealthy
-                self._slots[name] = _Slot()
+                self._slots[name] = _Slot(timestamp=ts)
                 return None
             if error is None and isinstance(value, np.ndarray) and self.flatline[name]:
                 error = self._flatline(name, slot, value)
@@ -152,7 +159,7 @@ class SensorHub:
             slots = {n: (s.data, s.timestamp, s.error) for n, s in self._slots.items()}
         out: dict[str, SensorStatus] = {}
         for n, (data, ts, err) in slots.items():
-            if ts is None:
+            if ts is None or (data is None and err is None):  # never pushed, or pushed None
                 out[n] = SensorStatus(n, False, None, "no sample yet")
                 continue
             age = now - ts
@@ -183,6 +190,12 @@ class SensorHub:
                 raise _copy.copy(s.error)  # a fresh instance: the stored one may be raised by other threads
             out[n] = None
         return out
+
+    @property
+    def out_of_order(self) -> dict[str, int]:
+        """Per sensor, how many pushes were dropped because their timestamp was older than the latest."""
+        with self._lock:
+            return dict(self._out_of_order)
 
     @property
     def report(self) -> dict[str, str | None]:

@@ -8,6 +8,11 @@ only ``RuntimeInputError`` subclasses (see runtime.errors), so a host loop survi
 Threads: onnxruntime's ``InferenceSession.run`` is thread-safe, preprocessors are immutable apart
 from caches of read-only all-ones masks (a race only builds an equal array twice), per-call state
 lives on the stack; the only lock guards lazy session creation.
+Feeds: every float feed handed to a graph is checked to be finite and inside the range the bundle
+was exported for (runtime.inputs.check_feed), at every precision, so a value that would overflow
+a reduced-precision graph is the input's typed error, not the graph's.
+Integrity: a session is created from the bytes whose sha256 was just checked against the manifest
+(never a second read of the path), and the graph's own metadata must name its pattern and precision.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ from runtime import providers as prov
 from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, InputShapeError, MMEdgeError,
                             NoModalityAvailable, PatternNotAvailable, RuntimeInputError, UnknownModality,
                             UnknownPrecision)
-from runtime.inputs import from_preprocess_error, from_unexpected
+from runtime.graph_checks import blame_input, check_io, check_metadata, read_verified
+from runtime.inputs import (check_batch, check_feed, check_top_k, feed_bounds, from_preprocess_error, from_unexpected,
+                            safe_repr)
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
 from runtime.patterns import Pattern
 from runtime.prediction import Packer, Prediction
@@ -36,15 +43,20 @@ if TYPE_CHECKING:
 class _Graph:
     """One pattern's graph: entry, per-call constants, and its (lazily created) session."""
 
-    def __init__(self, entry: GraphEntry, path: Path, manifest: Manifest, pre: dict[str, Preprocessor]) -> None:
-        self.entry, self.path, self.key = entry, path, entry.pattern
+    def __init__(self, entry: GraphEntry, path: Path, sha256: str, manifest: Manifest, pre: dict[str, Preprocessor]
+                 ) -> None:
+        self.entry, self.path, self.sha256, self.key = entry, path, sha256, entry.pattern
         self.modalities = sorted(Pattern.from_key(entry.pattern))
         self.outputs = [o.name for o in entry.outputs]
-        self.packer = Packer(self.key, self.outputs, manifest.labels, manifest.task == "multi-label")
+        ranges = {n: r for e in manifest.modalities.values() for n, r in (e.input_range or {}).items()}
+        self.packer = Packer(self.key, self.outputs, manifest.labels, manifest.task == "multi-label",
+                             blame=lambda feeds: blame_input(feeds, ranges, self.key, entry.precision))
         # precomputed once: per call, only the preprocessors and the checks of their arrays run
         self.steps = [(m, pre[m], {n: f"{m}.{n}" for n in pre[m].input_names}) for m in self.modalities]
         self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
-                                tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape))
+                                tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape),
+                                feed_bounds(ranges.get(t.name), entry.precision) if np.dtype(t.dtype).kind == "f"
+                                else None)
                       for t in entry.inputs]
         self.session: Any = None
 
@@ -56,6 +68,7 @@ class _FeedSpec:
     ndim: int
     fixed: tuple[tuple[int, int], ...]  # (axis, size) of the non-symbolic axes
     shape: list[int | str]
+    bounds: tuple[float, float] | None  # float feeds: accepted [low, high] (runtime.inputs.feed_bounds)
 
 
 class Runtime:
@@ -71,6 +84,9 @@ class Runtime:
                 m: make_preprocessor(e.preprocess, base_dir=bundle_dir) for m, e in manifest.modalities.items()}
         except PreprocessError as err:
             raise BundleIntegrityError(f"bundle preprocessing spec is unusable: {err}; re-export the bundle") from None
+        except Exception as exc:  # noqa: BLE001 - a schema-valid spec whose values the preprocessor rejects
+            raise BundleIntegrityError(f"bundle preprocessing spec is unusable: {type(exc).__name__}: {exc}; "
+                                       "re-export the bundle") from None
         self._graphs: dict[str, _Graph] = {}
         self._by_set: dict[frozenset[str], str] = {}
         # .ort copies load ~3x faster but are ORT-optimised for CPU, and only copies that passed their own
@@ -79,7 +95,8 @@ class Runtime:
         for g in manifest.graphs:
             if g.precision == precision:
                 ort_file = g.usable_ort_file if use_ort else None
-                self._graphs[g.pattern] = _Graph(g, bundle_dir / (ort_file or g.file), manifest, self._pre)
+                self._graphs[g.pattern] = _Graph(g, bundle_dir / (ort_file or g.file),
+                                                 (g.ort_sha256 or "") if ort_file else g.sha256, manifest, self._pre)
                 self._by_set[Pattern.from_key(g.pattern)] = g.pattern
         self.fallbacks: dict[str, list[str]] = {}
 
@@ -87,8 +104,15 @@ class Runtime:
     @classmethod
     def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: list[prov.ProviderSpec] | None = None,
              *, lazy: bool = False, warmup: bool = True, intra_op_threads: int | None = None,
-             trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False) -> "Runtime":
+             trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False,
+             trusted_keys: Sequence[Any] | None = None) -> "Runtime":
         """Verify the manifest and every graph's sha256, then create (or, ``lazy``, defer) the sessions.
+
+        ``trusted_keys``: ed25519 public keys (paths to .pub PEM files, PEM text, 32 raw bytes or key
+        objects; needs ``mmedge[sign]``): the bundle must be signed by one of them
+        (``mmedge export sign``), else BundleSignatureError. None (default): signatures are not checked.
+        A session (at load, or at first use when ``lazy``) is built from bytes re-hashed against the
+        manifest, so a graph replaced after load is refused, not served.
 
         ``providers``: onnxruntime names or aliases ("cpu", "cuda", "tensorrt"), optionally
         ``(name, options)``; default TensorRT EP > CUDA EP > CPU, whichever this build has.
@@ -96,7 +120,7 @@ class Runtime:
         (faster cold start); other patterns load their ``.onnx``.
         """
         bundle_dir = Path(bundle_dir)
-        manifest = load_manifest(bundle_dir, verify=True)
+        manifest = load_manifest(bundle_dir, verify=True, trusted_keys=trusted_keys)
         if precision not in manifest.precisions:
             raise UnknownPrecision(precision, manifest.precisions)
         chain = prov.resolve(providers, precision, bundle_dir, Path(trt_cache_dir) if trt_cache_dir else None)
@@ -125,17 +149,24 @@ class Runtime:
     def _create(self, graph: _Graph) -> Any:
         import onnxruntime as ort
 
+        model = read_verified(graph.path, graph.sha256, graph.key)
         so = ort.SessionOptions()
         so.log_severity_level = 3  # FP16/INT8 graphs log harmless cast warnings; fallback is reported by us
         if self._threads is not None:
             so.intra_op_num_threads = self._threads
             so.inter_op_num_threads = 1
+        # from bytes, onnxruntime resolves external-data files (weights beside the graph) against this folder
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph.path.parent))
+        if graph.path.suffix == ".ort":
+            so.add_session_config_entry("session.load_model_format", "ORT")
         try:
-            sess = ort.InferenceSession(str(graph.path), sess_options=so, providers=self._chain)
+            sess = ort.InferenceSession(model, sess_options=so, providers=self._chain)
         except Exception as exc:  # noqa: BLE001 - sha256 matched, so the exporter wrote a graph ORT rejects
             raise BundleIntegrityError(f"onnxruntime cannot load {graph.path.name}: {type(exc).__name__}: {exc}; "
                                        "re-export the bundle with a matching onnxruntime", pattern=graph.key,
                                        path=graph.entry.file) from None
+        check_metadata(sess.get_modelmeta().custom_metadata_map, graph.entry)
+        check_io(sess.get_inputs(), sess.get_outputs(), graph.entry)
         lost = prov.check_fallback(self._chain, sess.get_providers(), graph.key)
         if lost:
             self.fallbacks[graph.key] = lost
@@ -183,13 +214,20 @@ class Runtime:
         if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):  # dict first: no ABC check per call
             raise InputDtypeError(f"predict takes a dict {{modality: data or None}} over {self.modalities}, got "
                                   f"{type(inputs).__name__}", index=index)
-        present = []
-        for k, v in inputs.items():
-            if k not in self._pre:
-                raise UnknownModality(f"unknown modality {k!r}; this bundle has {self.modalities} (pass None "
-                                      "for a missing one)", modality=str(k), index=index)
-            if v is not None:
-                present.append(k)
+        try:
+            present = []
+            for k, v in inputs.items():
+                if not isinstance(k, str) or k not in self._pre:  # a hostile non-str key's __eq__ never runs
+                    raise UnknownModality(f"unknown modality {safe_repr(k)}; this bundle has {self.modalities} (pass "
+                                          "None for a missing one)", modality=safe_repr(k), index=index)
+                if v is not None:
+                    present.append(k)
+        except RuntimeInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a Mapping whose items()/__getitem__ raise is bad input too
+            raise InputDtypeError(f"cannot read the inputs mapping ({type(exc).__name__}: {safe_repr(exc)}); "
+                                  f"pass a plain dict {{modality: data or None}} over {self.modalities}",
+                                  index=index) from None
         key = self._by_set.get(frozenset(present))
         if key is not None:
             return key
@@ -217,7 +255,11 @@ class Runtime:
                                       indices[0] if indices and len(indices) == 1 else None) from None
             for name, arr in arrays.items():
                 out[names.get(name, name)] = arr
-        return {f.name: _cast(out, f, key) for f in graph.feeds}
+        feeds = {f.name: _cast(out, f, key) for f in graph.feeds}
+        for f in graph.feeds:
+            if f.bounds is not None:
+                check_feed(feeds[f.name], f.name, f.bounds, key, self.precision)
+        return feeds
 
     def _run(self, key: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self._graphs[key]
@@ -232,6 +274,7 @@ class Runtime:
     def predict(self, inputs: Mapping[str, Any], *, top_k: int = 5) -> Prediction:
         """One sample: ``{modality: raw data or None}`` -> Prediction of the present modalities' graph."""
         t0 = time.perf_counter()
+        top_k = check_top_k(top_k)
         key = self.pattern_of(inputs)
         feeds = self.feeds(key, (inputs,))
         t1 = time.perf_counter()
@@ -247,8 +290,8 @@ class Runtime:
         """Many samples, any mix of patterns: grouped by pattern, each group preprocessed and run as one
         batch, results in input order. ``errors="raise"`` raises the first bad sample's typed error
         (``.index`` = its position); ``errors="return"`` puts that error in its slot and runs the rest."""
-        if errors not in ("raise", "return"):
-            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        check_batch(samples, errors)
+        top_k = check_top_k(top_k)
         results: list[Any] = [None] * len(samples)
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(samples):

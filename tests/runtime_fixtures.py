@@ -13,8 +13,11 @@ from runtime.patterns import Pattern
 _BUILT: dict[str, Path] = {}
 
 
-def tiny_bundle(root: Path) -> Path:
-    if "b" not in _BUILT:
+def tiny_bundle(root: Path, precisions: str = "fp32") -> Path:
+    """The tiny bundle at ``precisions`` (a comma list), built once per process per precision set.
+
+    Tests must not modify it: copy it (``copy_bundle``) to tamper with it."""
+    if precisions not in _BUILT:
         import pytest
 
         pytest.importorskip("torch", reason="building the test bundle needs the training extras")
@@ -22,10 +25,23 @@ def tiny_bundle(root: Path) -> Path:
         from export_fixtures import tiny
 
         model, data = tiny("cmpt", 2)
-        cfg = BuildConfig(out=root / "tiny2-cmpt-fp32", progress=False, exporter="legacy", placeholders=False,
-                          val_samples=8, calib_samples=4)
-        _BUILT["b"] = build_bundle(cfg, model=model, dataset=data)
-    return _BUILT["b"]
+        # a never-trained tiny model: FP16/INT8 parity is not what these bundles are for
+        cfg = BuildConfig(out=root / f"tiny2-cmpt-{precisions.replace(',', '-')}", precisions=precisions,
+                          progress=False, exporter="legacy", placeholders=False, val_samples=8, calib_samples=4,
+                          allow_degraded=precisions != "fp32")
+        _BUILT[precisions] = build_bundle(cfg, model=model, dataset=data)
+    return _BUILT[precisions]
+
+
+ALL_PRECISIONS = "fp32,fp16,int8"
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    """A private copy of a bundle to tamper with (copied, not linked: edits must not reach the original)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
 
 
 def image(rng: np.random.Generator) -> np.ndarray:

@@ -166,3 +166,17 @@ def test_runtime_predicts_from_the_hub_with_a_smaller_pattern_when_a_sensor_is_s
     with pytest.raises(NoModalityAvailable):
         rt.predict_from(h)
     assert "unhealthy" in h.report["audio"] and "stale" in h.report["image"]
+
+
+def test_a_late_packet_never_replaces_a_fresher_sample_and_is_counted() -> None:
+    h, clock = hub(max_age=None)
+    new, late = image(RNG), image(RNG)
+    h.push("image", new, timestamp=10.0)
+    assert h.push("image", late, timestamp=9.5) is None  # not an unhealthy sample: just old news
+    h.push("audio", np.ones((3, 5), np.float32), timestamp=10.0)
+    h.push("audio", None, timestamp=9.0)  # a late "no data" does not clear a fresher sample either
+    snap = h.snapshot(now=10.1)
+    assert snap["image"] is new and snap["audio"] is not None
+    assert h.out_of_order == {"audio": 1, "image": 1, "text": 0}
+    h.push("image", late, timestamp=10.0)  # an equal timestamp is not out of order: the newer push wins
+    assert h.snapshot(now=10.1)["image"] is late and h.out_of_order["image"] == 1
