@@ -43,7 +43,7 @@ def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_unimodal(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    from train.engine.distributed import process_state
 
     from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal, unimodal_run_dir
 
@@ -52,7 +52,7 @@ def _run_unimodal(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                          data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume, min_steps=args.min_steps)
     metrics = pretrain_unimodal(cfg)
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())
         print(f"{metrics['dataset']} / {metrics['modality']}: test {scores} "
               f"(best epoch {metrics['best_epoch'] + 1}/{metrics['epochs']}, {metrics['train_wall_time_s']:.0f} s)")
@@ -100,7 +100,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_method(args: argparse.Namespace) -> int:
-    from accelerate import PartialState
+    from train.engine.distributed import process_state
 
     from train.recipes.method import TrainConfig, method_run_dir, train_method
     from train.reporting.tables import pattern_table
@@ -111,7 +111,7 @@ def _run_method(args: argparse.Namespace) -> int:
                       limit=args.limit, data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume,
                       select=args.select, min_steps=args.min_steps)
     metrics = train_method(cfg)
-    if not PartialState().is_main_process:
+    if not process_state().is_main_process:
         return 0
     print(f"{metrics['dataset']} / {metrics['method']}: test metrics per available-modality pattern")
     print(pattern_table(metrics["test_by_pattern"]))

@@ -31,9 +31,9 @@ def ensure_validation_split(train: Sequence[Sample], val: Sequence[Sample], frac
     if not idx["val"] or not idx["train"]:
         raise ValueError(f"the data has no validation split and {len(train)} training samples are too few to "
                          f"carve a {fraction:.0%} one; add \"split\": \"val\" lines to samples.jsonl")
-    from accelerate import PartialState
+    from train.engine.distributed import process_state
 
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         print(f"no validation split: using {len(idx['val'])} of {len(train)} training samples "
               f"(stratified, seed {seed}) to choose the epoch", flush=True)
     return [train[i] for i in idx["train"]], [train[i] for i in idx["val"]], len(idx["val"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
+from train.engine.distributed import process_state
 from safetensors.torch import load_file
 
 from runtime.patterns import all_patterns
@@ -197,9 +197,9 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         names = list(dataset.modalities)
         train = mask_split(train, names, cfg.train_missing, cfg.train_eta, cfg.seed)
         val = mask_split(val, names, cfg.train_missing, cfg.train_eta, cfg.seed + 1)
-    budget = plan_budget(len(train), cfg.batch_size, PartialState().num_processes, cfg.epochs, cfg.warmup_epochs,
+    budget = plan_budget(len(train), cfg.batch_size, process_state().num_processes, cfg.epochs, cfg.warmup_epochs,
                          cfg.min_steps)
-    if budget.note and PartialState().is_main_process:
+    if budget.note and process_state().is_main_process:
         print(budget.note, flush=True)
     loop_cfg = LoopConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                           warmup_epochs=budget.warmup_epochs, seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
@@ -208,7 +208,7 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
     result = train_loop(model, train, val, collate, info.task, loop_cfg, out / "checkpoints",
                         validate=validator(model, val, collate))
     warning = near_chance_warning(info.task, info.num_classes, result.best_score, len(val), headline(info.task))
-    if warning and PartialState().is_main_process:
+    if warning and process_state().is_main_process:
         print(f"warning: {warning}", flush=True)
     started = time.perf_counter()
     by_pattern = evaluate_all_patterns(model, test, collate)
@@ -238,7 +238,7 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "patterns": [p.key for p in all_patterns(model.modalities)], "output_names": list(OUTPUT_NAMES),
         "train": _jsonable(cfg),
     }
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         weights = {k: v.detach().contiguous().clone().cpu() for k, v in model.state_dict().items()}
         save_run(out, weights, config, metrics, cfg.method)

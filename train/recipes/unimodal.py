@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
+from train.engine.distributed import process_state
 from safetensors.torch import save_file
 from torch import nn
 
@@ -117,9 +117,9 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     collate = Collate({cfg.modality: spec}, data.task, data.num_classes)
     has["train"], has["val"], carved = ensure_validation_split(has["train"], has["val"], cfg.val_fraction, cfg.seed)
     # One warm-up epoch at 0.1x lr (the loop's default), kept as a share of the run if it is lengthened.
-    budget = plan_budget(len(has["train"]), cfg.batch_size, PartialState().num_processes, cfg.epochs,
+    budget = plan_budget(len(has["train"]), cfg.batch_size, process_state().num_processes, cfg.epochs,
                          1 if cfg.epochs > 1 else 0, cfg.min_steps)
-    if budget.note and PartialState().is_main_process:
+    if budget.note and process_state().is_main_process:
         print(budget.note, flush=True)
     loop_cfg = LoopConfig(epochs=budget.epochs, warmup_epochs=budget.warmup_epochs, batch_size=budget.batch_size,
                           seed=cfg.seed, resume=cfg.resume, progress=cfg.progress,
@@ -139,7 +139,7 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
         "history": result.history,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
     }
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:  # one writer under several processes
         with atomic_dir(out / "encoder") as tmp:
             encoder.save_pretrained(tmp)
