@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.confidence import Confidence
 from runtime.errors import BundleIntegrityError, InferenceError, NonFiniteInput
 
 LOGITS, PROBS = ("logits",), ("probabilities", "probs")
@@ -31,6 +32,12 @@ class Prediction:
     embedding: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
     batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
+    # Filled only when the bundle has a confidence section for this graph (runtime.confidence); then
+    # ``probabilities``/``top`` are the calibrated ones and ``raw_probabilities`` the graph's own.
+    raw_probabilities: np.ndarray | None = None
+    prediction_set: list[str] | None = None  # conformal set at the runtime's alpha, most probable first
+    set_size: int | None = None
+    abstained: bool | None = None  # None: the bundle sets no abstention threshold
 
     @property
     def label(self) -> str:
@@ -44,8 +51,10 @@ def pick(names: Sequence[str], wanted: Sequence[str]) -> str | None:
 class Packer:
     """Turns one graph's output list into Predictions (built once per graph, immutable)."""
 
-    def __init__(self, pattern: str, outputs: Sequence[str], labels: Sequence[str], multi_label: bool) -> None:
+    def __init__(self, pattern: str, outputs: Sequence[str], labels: Sequence[str], multi_label: bool,
+                 confidence: Confidence | None = None) -> None:
         self.pattern, self.labels, self.multi_label = pattern, list(labels), multi_label
+        self.confidence = confidence
         logits, probs, emb = pick(outputs, LOGITS), pick(outputs, PROBS), pick(outputs, EMBEDDING)
         if logits is None and probs is None:
             raise BundleIntegrityError(f"graph {pattern!r} has neither logits nor probabilities: {list(outputs)}; "
@@ -61,6 +70,15 @@ class Packer:
         if probs is None:
             probs = _sigmoid(logits) if self.multi_label else _softmax(logits)  # type: ignore[arg-type]
         emb = values[self._emb] if self._emb is not None else None
+        if self.confidence is None:
+            return self._pack(probs, logits, emb, top_k, timings, feeds)
+        # calibrated probabilities drive top/label (T > 0 keeps the ranking); the graph's own ride along
+        preds = self._pack(self.confidence.calibrate(logits, probs), logits, emb, top_k, timings, feeds)
+        self.confidence.annotate(preds, probs, self.labels)
+        return preds
+
+    def _pack(self, probs: np.ndarray, logits: np.ndarray | None, emb: np.ndarray | None, top_k: int,
+              timings: dict[str, float], feeds: dict[str, np.ndarray]) -> list[Prediction]:
         n, k = probs.shape[0], max(1, min(int(top_k), probs.shape[1]))
         if n == 1 and probs.shape[1] <= _PY_SORT_UP_TO:  # the streaming case
             p = probs[0].tolist()
