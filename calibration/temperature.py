@@ -35,7 +35,7 @@ def _loss(logits: np.ndarray, labels: np.ndarray, beta: float, multi_label: bool
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, multi_label: bool = False, *,
-                    iterations: int = 100) -> float:
+                    iterations: int = 60) -> float:
     """T minimising NLL (softmax) or BCE (sigmoid) on ``logits`` (N, L) with ``labels`` ((N,) int or (N, L) 0/1)."""
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.float64 if multi_label else np.int64)
