@@ -150,3 +150,16 @@ def test_runtime_info_lists_confidence_per_pattern(calibrated_bundle: Path, caps
     info = json.loads(capsys.readouterr().out)
     assert set(info["confidence"]) == {"fp32/audio+image", "fp32/audio", "fp32/image"}
     assert info["confidence"]["fp32/audio"]["n"] == VAL_ROWS
+
+
+def test_demo_stream_reports_confidence_per_pattern(calibrated_bundle: Path) -> None:
+    from train.recipes.demo_stream import confidence_tables, stream
+
+    _, data = tiny("cmpt", 2)
+    result = stream(calibrated_bundle, data.split("test"), data.labels, "fp32", drop=0.3, stale=0.0)
+    for key, cell in result["patterns"].items():
+        c = cell["confidence"]
+        assert c["calibrated"] and 0.0 <= c["coverage"] <= 1.0 and 0 <= c["mean_set_size"] <= 3
+        assert 0.0 <= c["ece"] <= 1.0 and 0.0 <= c["abstain_coverage"] <= 1.0
+    table = confidence_tables([result])
+    assert "15 equal-mass bins" in table and all(k in table for k in result["patterns"])
