@@ -150,12 +150,12 @@ class Confidence:
                 logits = np.log(p) - np.log1p(-p) if self.multi_label else np.log(p)
         return apply_temperature(logits, self.temperature, self.multi_label)
 
-    def annotate(self, preds: Sequence[Any], raw: np.ndarray, labels: Sequence[str]) -> None:
-        """Fill raw_probabilities, prediction_set, set_size, abstained of ``preds`` (rows of ``raw``)."""
-        cut = 1.0 - self.quantile  # label j is in the set iff p_j >= 1 - q (LAC)
+    def annotate(self, preds: Sequence[Any], calibrated: np.ndarray, labels: Sequence[str]) -> None:
+        """Fill calibrated_probabilities (rows of ``calibrated``), prediction_set, set_size, abstained."""
+        cut = 1.0 - self.quantile  # label j is in the set iff calibrated p_j >= 1 - q (LAC)
         for i, pred in enumerate(preds):
-            p = pred.probabilities
-            pred.raw_probabilities = raw[i] if len(preds) == 1 else raw[i].copy()
+            p = calibrated[i]  # a fresh array per call: rows share nothing with another call's result
+            pred.calibrated_probabilities = p
             members = np.flatnonzero(p >= cut) if math.isfinite(cut) else np.arange(len(labels))
             members = members[np.argsort(-p[members], kind="stable")]  # most probable first
             pred.prediction_set = [labels[j] for j in members]

@@ -32,9 +32,9 @@ class Prediction:
     embedding: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
     batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
-    # Filled only when the bundle has a confidence section for this graph (runtime.confidence); then
-    # ``probabilities``/``top`` are the calibrated ones and ``raw_probabilities`` the graph's own.
-    raw_probabilities: np.ndarray | None = None
+    # Filled only when the bundle has a confidence section for this graph (runtime.confidence).
+    # ``probabilities``/``top`` stay the graph's own (T > 0 never changes the ranking or the label).
+    calibrated_probabilities: np.ndarray | None = None  # softmax/sigmoid(logits / T)
     prediction_set: list[str] | None = None  # conformal set at the runtime's alpha, most probable first
     set_size: int | None = None
     abstained: bool | None = None  # None: the bundle sets no abstention threshold
@@ -70,11 +70,9 @@ class Packer:
         if probs is None:
             probs = _sigmoid(logits) if self.multi_label else _softmax(logits)  # type: ignore[arg-type]
         emb = values[self._emb] if self._emb is not None else None
-        if self.confidence is None:
-            return self._pack(probs, logits, emb, top_k, timings, feeds)
-        # calibrated probabilities drive top/label (T > 0 keeps the ranking); the graph's own ride along
-        preds = self._pack(self.confidence.calibrate(logits, probs), logits, emb, top_k, timings, feeds)
-        self.confidence.annotate(preds, probs, self.labels)
+        preds = self._pack(probs, logits, emb, top_k, timings, feeds)
+        if self.confidence is not None:  # after _pack: its non-finite check has run on the graph's outputs
+            self.confidence.annotate(preds, self.confidence.calibrate(logits, probs), self.labels)
         return preds
 
     def _pack(self, probs: np.ndarray, logits: np.ndarray | None, emb: np.ndarray | None, top_k: int,

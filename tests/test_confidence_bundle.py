@@ -70,16 +70,17 @@ def test_runtime_applies_temperature_sets_and_abstention_for_every_pattern(calib
             c = rt.graph(p.pattern).confidence
             seen.add(p.pattern)
             t = c["temperature"]
-            np.testing.assert_allclose(p.probabilities, _softmax(p.logits / t), rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(p.raw_probabilities, _softmax(p.logits), rtol=1e-5, atol=1e-6)
+            cal = p.calibrated_probabilities
+            np.testing.assert_allclose(cal, _softmax(p.logits / t), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(p.probabilities, _softmax(p.logits), rtol=1e-5, atol=1e-6)  # the graph's
             q = c["scores"][math.ceil((c["n"] + 1) * 0.9) - 1]  # k-th smallest, by hand
-            want = [labels[j] for j in np.argsort(-p.probabilities, kind="stable") if p.probabilities[j] >= 1 - q]
+            want = [labels[j] for j in np.argsort(-cal, kind="stable") if cal[j] >= 1 - q]
             assert p.prediction_set == want and p.set_size == len(want)
-            assert p.top[0][0] == labels[int(np.argmax(p.probabilities))]
+            assert p.top[0][0] == labels[int(np.argmax(cal))]  # T > 0: same label
             thr = c["abstain"]["threshold"]
-            assert p.abstained == (True if thr is None else bool(p.probabilities.max() < thr))
+            assert p.abstained == (True if thr is None else bool(cal.max() < thr))
             batch = rt.predict_batch([inputs, inputs])  # the batched path does the same
-            np.testing.assert_allclose(batch[1].probabilities, p.probabilities, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(batch[1].calibrated_probabilities, cal, rtol=1e-5, atol=1e-6)
             assert batch[1].prediction_set == p.prediction_set and batch[0].abstained == p.abstained
     assert seen == {"audio+image", "image", "audio"}
 
@@ -132,9 +133,10 @@ def test_bundle_without_confidence_predicts_as_before(calibrated_bundle: Path, t
         for drop in (None, "audio", "image"):
             inputs = {m: (None if m == drop else v) for m, v in sample.inputs.items()}
             p, c = rt_old.predict(inputs), rt_new.predict(inputs)
-            assert p.raw_probabilities is None and p.prediction_set is None and p.set_size is None
+            assert p.calibrated_probabilities is None and p.prediction_set is None and p.set_size is None
             assert p.abstained is None
-            np.testing.assert_array_equal(p.probabilities, c.raw_probabilities)  # the graph's own output
+            np.testing.assert_array_equal(p.probabilities, c.probabilities)  # unchanged: the graph's own output
+            assert p.top == c.top and c.calibrated_probabilities is not None
             assert p.top[0][1] == pytest.approx(float(p.probabilities.max()))
 
 

@@ -52,7 +52,8 @@ def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], preci
             continue
         by_pattern[pred.pattern].append(pred.label == labels[int(sample.label)])  # type: ignore[arg-type]
         latency[pred.pattern].append(pred.timings["total_ms"])
-        confidence[pred.pattern].append((pred.probabilities, int(sample.label), pred))  # type: ignore[arg-type]
+        confidence[pred.pattern].append((pred.calibrated_probabilities if pred.calibrated_probabilities is not None
+                                         else pred.probabilities, int(sample.label), pred))  # type: ignore[arg-type]
     return {
         "precision": precision, "events": events,
         "patterns": {
@@ -72,9 +73,9 @@ def _confidence(rows: Sequence[tuple[np.ndarray, int, Any]], labels: Sequence[st
 
     probs, ys = np.stack([r[0] for r in rows]), np.array([r[1] for r in rows])
     preds = [r[2] for r in rows]
-    out: dict[str, Any] = {"calibrated": preds[0].raw_probabilities is not None, "ece": ece(probs, ys)}
-    if preds[0].raw_probabilities is not None:
-        out["ece_raw"] = ece(np.stack([p.raw_probabilities for p in preds]), ys)
+    out: dict[str, Any] = {"calibrated": preds[0].calibrated_probabilities is not None, "ece": ece(probs, ys)}
+    if preds[0].calibrated_probabilities is not None:
+        out["ece_raw"] = ece(np.stack([p.probabilities for p in preds]), ys)
     if preds[0].prediction_set is not None:
         out["coverage"] = float(np.mean([labels[y] in p.prediction_set for p, y in zip(preds, ys)]))
         out["mean_set_size"] = float(np.mean([p.set_size for p in preds]))
