@@ -21,7 +21,12 @@ probability >= 1 - alpha.
 Split conformal (Mondrian over patterns: one quantile per graph): with n calibration scores
 the quantile is the k-th smallest, k = ceil((n + 1)(1 - alpha)). If k > n no finite quantile
 gives the guarantee: the set is then every label and ``InsufficientCalibrationWarning`` is
-raised once at load, instead of claiming coverage. numpy only.
+raised once at load, instead of claiming coverage. An *empty* set is a valid LAC answer: no
+label is plausible at 1 - alpha (it happens for about alpha - error rate of the inputs when the
+pattern is more accurate than 1 - alpha); a host can treat it like an abstention.
+
+``Prediction.probabilities`` stays the graph's own output; the runtime adds
+``calibrated_probabilities`` and computes sets and abstention from those. numpy only.
 """
 from __future__ import annotations
 
@@ -100,9 +105,10 @@ def check_section(section: Any, pattern: str) -> None:
                                    "number > 0. The manifest was hand-edited or written by a broken export: "
                                    "re-export the bundle", pattern=pattern)
     scores = section.get("scores", [])
-    if not isinstance(scores, list) or not all(_finite(s) for s in scores) or section.get("n") != len(scores):
-        raise BundleIntegrityError(f"graph {pattern!r}: confidence scores must be a list of n={section.get('n')!r}"
-                                   " finite numbers; re-export the bundle", pattern=pattern)
+    if (not isinstance(scores, list) or not all(_finite(s) for s in scores) or section.get("n") != len(scores)
+            or any(b < a for a, b in zip(scores, scores[1:]))):
+        raise BundleIntegrityError(f"graph {pattern!r}: confidence scores must be an ascending list of "
+                                   f"n={section.get('n')!r} finite numbers; re-export the bundle", pattern=pattern)
     abstain = section.get("abstain")
     if abstain is not None and not (isinstance(abstain, dict) and (abstain.get("threshold") is None
                                                                     or _finite(abstain.get("threshold")))):

@@ -124,6 +124,16 @@ def test_missing_or_non_finite_temperature_is_a_typed_error(calibrated_bundle: P
         Runtime.load(copy, providers=["cpu"])
 
 
+def test_unsorted_or_miscounted_scores_are_a_typed_error(calibrated_bundle: Path, tmp_path: Path) -> None:
+    copy = _edited(calibrated_bundle, tmp_path, lambda g: g["confidence"]["scores"].reverse())
+    with pytest.raises(BundleIntegrityError, match="ascending list"):
+        load_manifest(copy)
+    shutil.rmtree(copy)
+    copy = _edited(calibrated_bundle, tmp_path, lambda g: g["confidence"]["scores"].pop())
+    with pytest.raises(BundleIntegrityError, match="n=10"):
+        load_manifest(copy)
+
+
 def test_bundle_without_confidence_predicts_as_before(calibrated_bundle: Path, tmp_path: Path) -> None:
     old = _edited(calibrated_bundle, tmp_path, lambda g: g.pop("confidence"))
     assert all(g.confidence is None for g in load_manifest(old).graphs)
