@@ -146,7 +146,7 @@ def reliability_diagram(before: np.ndarray, after: np.ndarray, labels: np.ndarra
     ax.set_xlabel("confidence (mean per bin)")
     ax.set_ylabel("accuracy per bin")
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc="lower right", fontsize=7)
     ax.grid(alpha=0.3)
     fig.text(0.99, 0.01, f"{ECE_BINS} equal-mass bins", ha="right", fontsize=6, color="0.4")
     path.parent.mkdir(parents=True, exist_ok=True)
