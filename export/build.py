@@ -63,6 +63,11 @@ class BuildConfig:
     seed: int = 0
     threads: int = 1
     progress: bool = True
+    # confidence calibration (export/confidence.py) on the val split, per (pattern, precision) graph
+    confidence: bool = True
+    alpha: float = 0.1  # default miscoverage of the conformal sets; the runtime can override it
+    target_accuracy: float | None = None  # per-pattern abstention threshold for this selective accuracy
+    confidence_samples: int | None = 1000  # val rows per pattern (None: all)
 
     def __post_init__(self) -> None:
         if isinstance(self.precisions, str):
@@ -76,6 +81,9 @@ class BuildConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.calib_samples < 2:
             raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
+        if not 0.0 < self.alpha < 1.0 or not (self.target_accuracy is None or 0.0 < self.target_accuracy <= 1.0):
+            raise ValueError(f"alpha must be in (0, 1) and target accuracy in (0, 1], got {self.alpha!r} and "
+                             f"{self.target_accuracy!r}")
 
     def run_dir(self) -> Path:
         from train.runs import run_dir
@@ -230,6 +238,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             key, module = pattern.key, model.pattern_module(pattern).eval()
             data = pattern_data(model, dataset, pattern, cfg)
             _widen_ranges(ranges, data.calib_feeds)
+            conf_data = _confidence_data(model, dataset, pattern, cfg)
             fp32 = tmp / "graphs" / "fp32" / f"{key}.onnx"
             example = tuple(t[: min(4, len(t))] for t in data.calib_args[0])
             info = export_pattern(module, example, fp32, dynamic_seq=seq,
@@ -258,6 +267,8 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                 parity = check(path)
                 results.append(parity)
                 entries.append(_entry(tmp, path, parity, calib, info.seconds, check if cfg.ort_format else None))
+                if conf_data is not None:
+                    entries[-1].confidence = _fit_confidence(path, key, precision, conf_data, model.task, tmp, cfg)
                 steps.update(1)
         steps.close()
         failures = [f for r in results for f in r.failures]
@@ -276,8 +287,34 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             manifest.extra["tensorrt"] = build_engines(tmp, manifest)
         for rep in sorted((tmp / "reports").rglob("*.json")) if (tmp / "reports").is_dir() else []:
             manifest.files[relpath(rep, tmp)] = sha256_file(rep)
+        _add_confidence_files(tmp, manifest)
         manifest.save(tmp)  # last: a directory without manifest.json never loads
     return out
+
+
+# ---- confidence calibration (export/confidence.py) ---------------------------------------------
+def _confidence_data(model: Any, dataset: Any, pattern: Any, cfg: BuildConfig) -> Any:
+    if not cfg.confidence:
+        return None
+    from export.confidence import confidence_data
+
+    return confidence_data(model, dataset, pattern, samples=cfg.confidence_samples, batch_size=cfg.batch_size,
+                           seed=cfg.seed)
+
+
+def _fit_confidence(path: Path, key: str, precision: str, data: Any, task: str, tmp: Path,
+                    cfg: BuildConfig) -> dict[str, Any]:
+    from export.confidence import fit_graph
+
+    return fit_graph(path, key, precision, data, task, tmp, alpha=cfg.alpha, target_accuracy=cfg.target_accuracy,
+                     threads=cfg.threads)
+
+
+def _add_confidence_files(tmp: Path, manifest: Manifest) -> None:
+    from export.confidence import report_files
+
+    for png in report_files(tmp):
+        manifest.files[relpath(png, tmp)] = sha256_file(png)
 
 
 def _entry(tmp: Path, path: Path, parity: ParityResult, calib: dict[str, Any] | None, seconds: float,

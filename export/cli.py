@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the papers' full graph with placeholders (a benchmark baseline)")
     b.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter; legacy (TorchScript tracing) is a faster escape hatch (default: dynamo)")
+    b.add_argument("--alpha", type=float, default=0.1,
+                   help="miscoverage of the per-pattern conformal prediction sets (default: 0.1; the runtime can "
+                        "override it)")
+    b.add_argument("--target-accuracy", type=float, default=None,
+                   help="per-pattern abstention threshold for this selective accuracy on the validation split, "
+                        "e.g. 0.99 (default: no abstention)")
+    b.add_argument("--confidence-samples", type=int, default=1000,
+                   help="validation samples per pattern for confidence calibration (default: 1000)")
+    b.add_argument("--no-confidence", action="store_true", help="skip confidence calibration")
     b.add_argument("--no-progress", action="store_true")
     k = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles (needs mmedge[sign])",
                        description="Write KEY (private, PEM, mode 0600) and KEY.pub (public, PEM). Keep KEY off the "
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                           calib_samples=args.calib_samples, val_samples=args.val_samples,
                           int8_method=args.int8_method, io_dtype=args.io_dtype, ort_format=args.ort_format,
                           placeholders=not args.no_placeholders, progress=not args.no_progress,
-                          exporter=args.exporter)
+                          exporter=args.exporter, confidence=not args.no_confidence, alpha=args.alpha,
+                          target_accuracy=args.target_accuracy, confidence_samples=args.confidence_samples)
         out = build_bundle(cfg)
     except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
         kind = "parity failed" if isinstance(exc, ParityError) else "error"
@@ -120,5 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(manifest))
     for b in manifest.baselines:
         print(f"baseline (benchmark only): {b.file}  {b.size_bytes / 1024:.0f} KB  {b.export_time_s:.1f} s")
+    if any(g.confidence for g in manifest.graphs):
+        from runtime.confidence import confidence_table
+
+        print("confidence (validation split, ECE over 15 equal-mass bins):")
+        print(confidence_table(manifest.graphs))
     print(f"bundle: {out}  ({len(manifest.graphs)} graphs, precisions {', '.join(manifest.precisions)})")
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime import manifest_schema
+from runtime.confidence import check_section
 from runtime.errors import BundleIntegrityError
 from runtime.patterns import Pattern
 from runtime.preprocess import FILE_KEYS
@@ -75,6 +76,9 @@ class GraphEntry:
     ort_file: str | None = None
     ort_sha256: str | None = None
     ort_parity: dict[str, Any] = field(default_factory=dict)  # the .ort copy's own parity; {}: never checked
+    # temperature, conformal scores, abstention and metrics (runtime.confidence); None: uncalibrated. Not
+    # ``calibration``, which is the FP16/INT8 conversion's summary.
+    confidence: dict[str, Any] | None = None
 
     @property
     def usable_ort_file(self) -> str | None:
@@ -229,6 +233,8 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True, trusted_keys: 
             Pattern.from_key(g.pattern)
         except ValueError as exc:
             raise BundleIntegrityError(f"manifest graph has a bad pattern key: {exc}", path=g.file) from None
+        if g.confidence is not None:
+            check_section(g.confidence, g.pattern)
         for rel, digest in g.files():
             (verify_file(bundle_dir, rel, digest, pattern=g.pattern) if verify
              else resolve_in_bundle(bundle_dir, rel, pattern=g.pattern))

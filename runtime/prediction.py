@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.confidence import Confidence
 from runtime.errors import BundleIntegrityError, InferenceError, NonFiniteInput, RuntimeInputError
 
 # feeds -> the input's typed error when NaN/Inf outputs are the input's fault, else None
@@ -34,6 +35,12 @@ class Prediction:
     embedding: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
     batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
+    # Filled only when the bundle has a confidence section for this graph (runtime.confidence).
+    # ``probabilities``/``top`` stay the graph's own (T > 0 never changes the ranking or the label).
+    calibrated_probabilities: np.ndarray | None = None  # softmax/sigmoid(logits / T)
+    prediction_set: list[str] | None = None  # conformal set at the runtime's alpha, most probable first
+    set_size: int | None = None
+    abstained: bool | None = None  # None: the bundle sets no abstention threshold
 
     @property
     def label(self) -> str:
@@ -48,8 +55,9 @@ class Packer:
     """Turns one graph's output list into Predictions (built once per graph, immutable)."""
 
     def __init__(self, pattern: str, outputs: Sequence[str], labels: Sequence[str], multi_label: bool,
-                 blame: Blame | None = None) -> None:
+                 blame: Blame | None = None, confidence: Confidence | None = None) -> None:
         self.pattern, self.labels, self.multi_label, self.blame = pattern, list(labels), multi_label, blame
+        self.confidence = confidence
         logits, probs, emb = pick(outputs, LOGITS), pick(outputs, PROBS), pick(outputs, EMBEDDING)
         if logits is None and probs is None:
             raise BundleIntegrityError(f"graph {pattern!r} has neither logits nor probabilities: {list(outputs)}; "
@@ -68,6 +76,13 @@ class Packer:
         if probs.ndim != 2 or probs.shape[1] != len(self.labels):
             raise BundleIntegrityError(f"graph {self.pattern!r} returns {list(probs.shape)} scores but the manifest has "
                                        f"{len(self.labels)} labels; re-export the bundle", pattern=self.pattern)
+        preds = self._pack(probs, logits, emb, top_k, timings, feeds)
+        if self.confidence is not None:  # after _pack: its non-finite check has run on the graph's outputs
+            self.confidence.annotate(preds, self.confidence.calibrate(logits, probs), self.labels)
+        return preds
+
+    def _pack(self, probs: np.ndarray, logits: np.ndarray | None, emb: np.ndarray | None, top_k: int,
+              timings: dict[str, float], feeds: dict[str, np.ndarray]) -> list[Prediction]:
         n, k = probs.shape[0], max(1, min(int(top_k), probs.shape[1]))
         if n == 1 and probs.shape[1] <= _PY_SORT_UP_TO:  # the streaming case
             p = probs[0].tolist()

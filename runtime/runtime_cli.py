@@ -88,6 +88,7 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         "providers_available": ort.get_available_providers(),
         "providers_requested": rt.requested_providers,
         "providers_in_use": {f"{precision}/{k}": v for k, v in rt.providers.items()},
+        "confidence": _confidence_info(m),
     }
     if as_json:
         print(json.dumps(out, indent=2))
@@ -108,7 +109,21 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
     print(f"providers   available {out['providers_available']}")
     print(f"            requested {rt.requested_providers}; in use at {precision}: "
           f"{sorted({p for v in rt.providers.values() for p in v})}")
+    if out["confidence"]:
+        from runtime.confidence import confidence_table
+
+        print("confidence  per pattern: temperature, ECE (15 equal-mass bins) and NLL on the validation split "
+              "before->after, conformal quantile q at alpha (sets: p >= 1 - q), calibration n")
+        print("\n".join("  " + line for line in confidence_table(m.graphs).splitlines()))
+    else:
+        print("confidence  none (this bundle predates calibration or was built with --no-confidence)")
     return out
+
+
+def _confidence_info(m: Manifest) -> dict[str, Any]:
+    from runtime.confidence import summary
+
+    return {f"{g.precision}/{g.pattern}": summary(g.confidence) for g in m.graphs if g.confidence is not None}
 
 
 def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict[str, Any], top_k: int,

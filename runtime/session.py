@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime import providers as prov
+from runtime.confidence import Confidence
 from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, InputShapeError, MMEdgeError,
                             NoModalityAvailable, PatternNotAvailable, RuntimeInputError, UnknownModality,
                             UnknownPrecision)
@@ -48,9 +49,8 @@ class _Graph:
         self.entry, self.path, self.sha256, self.key = entry, path, sha256, entry.pattern
         self.modalities = sorted(Pattern.from_key(entry.pattern))
         self.outputs = [o.name for o in entry.outputs]
-        ranges = {n: r for e in manifest.modalities.values() for n, r in (e.input_range or {}).items()}
-        self.packer = Packer(self.key, self.outputs, manifest.labels, manifest.task == "multi-label",
-                             blame=lambda feeds: blame_input(feeds, ranges, self.key, entry.precision))
+        ranges = input_ranges(manifest)
+        self.packer = _packer(entry, manifest, None)
         # precomputed once: per call, only the preprocessors and the checks of their arrays run
         self.steps = [(m, pre[m], {n: f"{m}.{n}" for n in pre[m].input_names}) for m in self.modalities]
         self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
@@ -59,6 +59,21 @@ class _Graph:
                                 else None)
                       for t in entry.inputs]
         self.session: Any = None
+
+
+def input_ranges(manifest: Manifest) -> dict[str, Any]:
+    """Feed name -> the value range recorded at export (from the calibration samples)."""
+    return {n: r for e in manifest.modalities.values() for n, r in (e.input_range or {}).items()}
+
+
+def _packer(entry: GraphEntry, manifest: Manifest, alpha: float | None) -> Packer:
+    """The graph's Packer: blame for non-finite outputs, and its confidence section (if any) at ``alpha``
+    (None: the export's)."""
+    multi = manifest.task == "multi-label"
+    conf = None if entry.confidence is None else Confidence.from_section(entry.confidence, entry.pattern, multi, alpha)
+    ranges = input_ranges(manifest)
+    return Packer(entry.pattern, [o.name for o in entry.outputs], manifest.labels, multi,
+                  blame=lambda feeds: blame_input(feeds, ranges, entry.pattern, entry.precision), confidence=conf)
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,7 @@ class Runtime:
     def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: list[prov.ProviderSpec] | None = None,
              *, lazy: bool = False, warmup: bool = True, intra_op_threads: int | None = None,
              trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False,
-             trusted_keys: Sequence[Any] | None = None) -> "Runtime":
+             trusted_keys: Sequence[Any] | None = None, alpha: float | None = None) -> "Runtime":
         """Verify the manifest and every graph's sha256, then create (or, ``lazy``, defer) the sessions.
 
         ``trusted_keys``: ed25519 public keys (paths to .pub PEM files, PEM text, 32 raw bytes or key
@@ -118,6 +133,7 @@ class Runtime:
         ``(name, options)``; default TensorRT EP > CUDA EP > CPU, whichever this build has.
         ``prefer_ort_format``: on CPU-only chains, load the bundle's ``.ort`` copies that passed parity
         (faster cold start); other patterns load their ``.onnx``.
+        ``alpha``: miscoverage of the conformal prediction sets (default: the bundle's, see runtime.confidence).
         """
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, verify=True, trusted_keys=trusted_keys)
@@ -125,6 +141,8 @@ class Runtime:
             raise UnknownPrecision(precision, manifest.precisions)
         chain = prov.resolve(providers, precision, bundle_dir, Path(trt_cache_dir) if trt_cache_dir else None)
         rt = cls(bundle_dir, manifest, precision, chain, intra_op_threads, prefer_ort_format)
+        if alpha is not None:
+            rt.set_alpha(alpha)
         if not lazy:
             for key in rt._graphs:
                 rt.session(key, warmup=warmup)
@@ -179,6 +197,13 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001
             raise InferenceError(f"warm-up of {graph.entry.file} failed: {type(exc).__name__}: {exc}",
                                  pattern=graph.key) from None
+
+    def set_alpha(self, alpha: float) -> None:
+        """Prediction sets at miscoverage ``alpha`` from now on (quantiles of the stored calibration scores)."""
+        if not 0.0 < float(alpha) < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        for g in self._graphs.values():  # swapping a whole Packer keeps concurrent predicts consistent
+            g.packer = _packer(g.entry, self.manifest, float(alpha))
 
     # ------------------------------------------------------------------ introspection
     @property

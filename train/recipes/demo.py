@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pattern_table(metrics["test_by_pattern"]))
     print(f"learnable {params['learnable']:,} of {params['total']:,} parameters; "
           f"trained in {metrics['train_wall_time_s']:.0f} s{_reused(metrics)}; run saved to {method_out(tcfg)}")
-    from train.recipes.demo_stream import stream_tables
+    from train.recipes.demo_stream import confidence_tables, stream_tables
 
     events = streamed[0]["events"]
     predicted = sum(c["num_samples"] for c in streamed[0]["patterns"].values())
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{events['dropped']} dropped, {events['stale']} stale (older than 0.12 s, treated as missing); "
           f"{events['no_sensor_left']} samples had no sensor left")
     print(stream_tables(streamed))
+    print()
+    print(confidence_tables(streamed))
     print(f"\nbundle:  {bundle}  (inspect: mmedge runtime info {bundle}; time it: mmedge bench --bundle {bundle})")
     print(f"JSON:    {stream_json}, {method_out(tcfg) / 'metrics.json'}")
     print(f"plot:    {stream_png}")

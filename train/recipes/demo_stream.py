@@ -30,6 +30,7 @@ def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], preci
     rng = np.random.default_rng(seed)  # same seed per precision: every precision sees the same stream
     by_pattern: dict[str, list[bool]] = defaultdict(list)
     latency: dict[str, list[float]] = defaultdict(list)
+    confidence: dict[str, list[tuple[np.ndarray, int, Any]]] = defaultdict(list)
     events = {"fresh": 0, "dropped": 0, "stale": 0, "no_sensor_left": 0}
     for sample in samples:
         clock[0] += STEP_S
@@ -51,15 +52,62 @@ def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], preci
             continue
         by_pattern[pred.pattern].append(pred.label == labels[int(sample.label)])  # type: ignore[arg-type]
         latency[pred.pattern].append(pred.timings["total_ms"])
+        confidence[pred.pattern].append((pred.calibrated_probabilities if pred.calibrated_probabilities is not None
+                                         else pred.probabilities, int(sample.label), pred))  # type: ignore[arg-type]
     return {
         "precision": precision, "events": events,
         "patterns": {
             key: {"accuracy": float(np.mean(hits)), "num_samples": len(hits),
-                  "latency_ms": {q: float(np.percentile(latency[key], int(q[1:]))) for q in ("p50", "p90", "p99")}}
+                  "latency_ms": {q: float(np.percentile(latency[key], int(q[1:]))) for q in ("p50", "p90", "p99")},
+                  "confidence": _confidence(confidence[key], labels)}
             for key, hits in sorted(by_pattern.items())
         },
         "overall_accuracy": float(np.mean([h for hits in by_pattern.values() for h in hits])),
     }
+
+
+def _confidence(rows: Sequence[tuple[np.ndarray, int, Any]], labels: Sequence[str]) -> dict[str, Any]:
+    """ECE (15 equal-mass bins) of the probabilities the runtime returned (calibrated when the bundle is),
+    and the conformal sets' empirical coverage and mean size on the stream."""
+    from calibration.temperature import ece
+
+    probs, ys = np.stack([r[0] for r in rows]), np.array([r[1] for r in rows])
+    preds = [r[2] for r in rows]
+    out: dict[str, Any] = {"calibrated": preds[0].calibrated_probabilities is not None, "ece": ece(probs, ys)}
+    if preds[0].calibrated_probabilities is not None:
+        out["ece_raw"] = ece(np.stack([p.probabilities for p in preds]), ys)
+    if preds[0].prediction_set is not None:
+        out["coverage"] = float(np.mean([labels[y] in p.prediction_set for p, y in zip(preds, ys)]))
+        out["mean_set_size"] = float(np.mean([p.set_size for p in preds]))
+    if preds[0].abstained is not None:
+        kept = [(p.label == labels[y]) for p, y in zip(preds, ys) if not p.abstained]
+        out["abstain_coverage"] = len(kept) / len(preds)
+        out["selective_accuracy"] = float(np.mean(kept)) if kept else None
+    return out
+
+
+def confidence_tables(results: Sequence[dict[str, Any]], alpha: float = 0.1) -> str:
+    """Per pattern and precision: accuracy, ECE (raw -> calibrated), conformal coverage and mean set size."""
+    patterns = sorted({k for r in results for k in r["patterns"]}, key=lambda k: (-k.count("+"), k))
+    width = max(len("pattern"), *(len(p) for p in patterns))
+    head = f"{'pattern':<{width}}" + "".join(f"  {r['precision']:>6} acc  {'ECE raw->cal':>13}  {'cover':>5}  {'set':>4}"
+                                              for r in results)
+    lines = [f"confidence on the stream (ECE: 15 equal-mass bins; sets at alpha={alpha:g}, target coverage "
+             f"{1 - alpha:.0%})", head]
+    for key in patterns:
+        row = f"{key:<{width}}"
+        for r in results:
+            cell = r["patterns"].get(key)
+            if cell is None:
+                row += f"  {'-':>10}  {'-':>13}  {'-':>5}  {'-':>4}"
+                continue
+            c = cell["confidence"]
+            e = f"{c['ece_raw']:.3f}->{c['ece']:.3f}" if c["calibrated"] else f"{c['ece']:.3f} (raw)"
+            cov = f"{c['coverage']:.3f}" if "coverage" in c else "-"
+            size = f"{c['mean_set_size']:.2f}" if "mean_set_size" in c else "-"
+            row += f"  {cell['accuracy']:10.4f}  {e:>13}  {cov:>5}  {size:>4}"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def stream_tables(results: Sequence[dict[str, Any]]) -> str:
