@@ -222,6 +222,7 @@ def test_one_row_training_batch_uses_running_statistics() -> None:
 
 
 # ---- M = 3: every pattern exports and runs in onnxruntime -------------------------------
+@pytest.mark.slow  # seven dynamo exports
 def test_three_modalities_all_seven_patterns_export_and_match_ort(tmp_path) -> None:
     model, data = tiny("srmm", 3)
     collate = Collate(model.info.modalities, model.task, model.num_classes)

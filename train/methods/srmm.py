@@ -24,6 +24,11 @@ Choices the paper leaves open (stated here, options where cheap):
 - widths: in = the encoders' common width, h = in (the paper's text-visual setting; ``hidden``);
 - batch size, epochs, weight decay, schedule are not given: the loop's batch size counts samples
   (a batch of B complete two-modality samples is 2B rows of g), weight decay 0 (Adam's default);
+  the loop's schedule (warm-up at 0.1x, then poly decay) and gradient clipping apply to Adam's
+  lr 0.01 as to every method; the loop's ``--lr`` is not used (``--set lr=...`` is);
+- where METHODS.md's summary says "average the logits", the paper's text ("the logits obtained
+  from the softmax layer") is followed: probabilities are averaged. The paper's block layout
+  (BN/ReLU/Dropout in block 1 only) is followed, not the SBNet code's;
 - modality_norm (default on; off = the paper's literal input): each modality's frozen embedding
   is standardised by its own parameter-free BatchNorm (running mean/var, no affine weights) before
   g. The paper's CLIP image and text embeddings already share one space; our separately pretrained
