@@ -35,8 +35,10 @@ Choices the paper leaves open (stated here, options where cheap):
   encoders do not, and g's one BatchNorm over a mixed S-1 batch then normalises by the spread
   *between* modalities, which drowns a modality whose class signal is small in absolute terms.
   On the tiny test fixture (random frozen encoders, 25 AdamW steps at lr 1e-2) the eval loss fell
-  by 6% without it and by 44% with it. It departs from "fully shared" only by per-modality
-  statistics: g's weights stay one set, and no modality has a learned parameter of its own;
+  by 6% without it and by 44% with it. On av-digits' trained encoders it changed nothing beyond
+  seed noise (3 seeds, test accuracy audio+image / audio / image: 99.50 / 96.41 / 95.17 with it,
+  99.50 / 96.78 / 95.66 without). It departs from "fully shared" only by per-modality statistics:
+  g's weights stay one set, and no modality has a learned parameter of its own;
 - FC1 carries no bias: BatchNorm's shift absorbs it (the same function in train and eval mode),
   and its gradient through BatchNorm is identically zero, so Adam would only move it by noise;
 - a training batch of a single row cannot give batch statistics: that row is normalised with the
