@@ -27,8 +27,8 @@ Paper (M = 2) -> code:
 - L_prd, Eq. 1: lambda * s(C~, C^) + mu * [v(C~) + v(C^)] + nu * [c(C~) + c(C^)], lambda = mu = 50,
   nu = 1 (Supp. A), per direction on rows with both modalities. s = ``F.mse_loss`` (mean over rows
   and dimensions, as the official VICReg code); v(Z) = mean_j relu(1 - sqrt(Var(Z_j) + 1e-4)) with the
-  unbiased variance; c(Z) = sum_{i != j} Cov(Z)_ij^2 / d. Eq. 1 *sums* the two v terms (the VICReg
-  code halves them); the paper wins over METHODS.md's code reference. **No stop-gradient** on C~
+  unbiased variance; c(Z) = sum_{i != j} Cov(Z)_ij^2 / d. Eq. 1 *sums* the two v terms; we follow
+  it, not the VICReg code's halving (METHODS.md notes both). **No stop-gradient** on C~
   (Table 3); ``detach_target`` exists only for that ablation. A direction with fewer than 2 rows
   having both modalities skips L_prd (variance/covariance need 2 rows).
 - L = alpha * (L_cls + L_aux) + L_prd; alpha is not in the paper: option ``alpha``, default 50 from
