@@ -164,14 +164,17 @@ def test_three_modalities_all_patterns_export_and_run_in_onnxruntime(tmp_path) -
     model, _ = tiny("prompt-vicreg", 3)
     assert model.modalities == ["audio", "image", "text"]
     patterns = all_patterns(model.modalities)
-    assert len(patterns) == 7
+    assert len(patterns) == 7 and "audio+text" in [p.key for p in patterns]
     collate = collate_for(model)
     for pattern in patterns:
         branch = model.pattern_module(pattern).eval()
         example = [s.restricted(pattern) for s in make_samples(model.modalities, 4, seed=7)]
         path = tmp_path / f"{pattern.key}.onnx"
+        # The shipping (dynamo) exporter takes ~25x longer per graph: it runs on the pattern that
+        # averages two predictors (audio+text -> image); the legacy exporter covers all seven.
+        exporter = "dynamo" if pattern.key == "audio+text" else "legacy"
         export_pattern(branch, pattern_inputs(collate(example), branch), path,
-                       dynamic_seq=sequence_axes(model.info.modalities))
+                       dynamic_seq=sequence_axes(model.info.modalities), exporter=exporter)
         args = pattern_inputs(collate([s.restricted(pattern) for s in make_samples(model.modalities, 6, seed=3)]),
                               branch)
         with torch.no_grad():
