@@ -167,7 +167,8 @@ def train_loop(
 
     steps_per_epoch = len(loader_for(0))  # per process, after sharding
     result.steps_per_epoch, result.total_steps = steps_per_epoch, cfg.epochs * steps_per_epoch
-    factor = poly_warmup(result.total_steps, round(cfg.warmup_epochs * steps_per_epoch))
+    schedule = getattr(unwrapped, "lr_factor", None) or poly_warmup  # a method may bring its paper's schedule
+    factor = schedule(result.total_steps, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     step = start_epoch * steps_per_epoch
     if step:

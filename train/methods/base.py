@@ -8,7 +8,8 @@ with ``@register(name)``. The seams it may use, all with defaults:
   well as its encoder (``build(..., heads=...)`` -> ``load_unimodal_heads``).
 - ``adapt_encoders(encoders, mode, ...)``: frozen, LoRA, BitFit (bias only) or full
   fine-tuning of the pretrained encoders; the mode is reported by ``encoder_adaptation``.
-- ``make_optimizer(params, loop_cfg)``: AdamW by default.
+- ``make_optimizer(params, loop_cfg)``: AdamW by default; ``lr_factor(total, warmup)``: the
+  schedule, CMPT's warm-up at 0.1x then poly(0.9) by default.
 - ``train_step(batch, ctx)``: one batch of training; by default forward, backward, clip,
   optimiser step. A method with several optimiser steps per batch or a gradient edit
   between backward and step overrides it (see ``StepContext`` for the contract).
@@ -295,6 +296,13 @@ class MultimodalModel(nn.Module):
         if len(trainable) == len(params):
             return "full"
         return "bitfit" if all(n.endswith("bias") for n in trainable) else "partial"
+
+    @classmethod
+    def lr_factor(cls, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+        """The learning-rate multiplier per schedule step (LambdaLR): CMPT's warm-up at 0.1x, then poly(0.9)."""
+        from train.engine.schedule import poly_warmup
+
+        return poly_warmup(total_steps, warmup_steps)
 
     def make_optimizer(self, params: Sequence[nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
         """The optimiser over ``params`` (those with requires_grad); ``cfg`` is the loop's config."""
