@@ -64,6 +64,10 @@ class GraphEntry:
     ort_file: str | None = None
     ort_sha256: str | None = None
     ort_parity: dict[str, Any] = field(default_factory=dict)  # the .ort copy's own parity; {}: never checked
+    # onnxruntime contrib ops in the graph after the export's optimisation step (op type -> count);
+    # None: not optimised (standard ONNX, e.g. graphs TensorRT consumes)
+    fused_ops: dict[str, int] | None = None
+    int8_type: str | None = None  # INT8 graphs: "qdq-u8s8", "dynamic-u8s8" (CPU) or "qdq-s8s8" (TensorRT)
 
     @property
     def usable_ort_file(self) -> str | None:
