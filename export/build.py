@@ -65,6 +65,7 @@ class BuildConfig:
     # CPU INT8: uint8 activations (qdq-u8s8 or dynamic-u8s8, measured per graph); "tensorrt":
     # the symmetric S8S8 QDQ form TensorRT's explicit INT8 wants (implied by engine="tensorrt")
     int8_target: str = "cpu"
+    shared_weights: str = "auto"  # auto | always | never: one weights file per precision (export/weights.py)
     optimize: bool = True  # ORT-fuse the CPU graphs (export/fusion.py); TensorRT graphs stay standard ONNX
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     seed: int = 0
@@ -306,6 +307,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
         manifest = _manifest(tmp, model, entries, cfg)
         manifest.extra["fusion"] = fusion
+        _share(tmp, manifest, cfg.shared_weights)
         if cfg.placeholders:
             manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
         if cfg.engine == "tensorrt":
@@ -381,6 +383,28 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                                             if cfg.optimize and cfg.int8_target != "tensorrt" else None),
                            "io_dtype": cfg.io_dtype, "calib_samples": cfg.calib_samples,
                            "val_samples": cfg.val_samples, "seed": cfg.seed})
+
+
+def _share(tmp: Path, manifest: Manifest, mode: str) -> None:
+    """Store each precision's weights once (when ``mode`` and the size threshold say so); graph entries
+    get their new sha256/size. Runs after parity and the .ort copies (those stay self-contained)."""
+    from export.weights import share_weights, should_share
+
+    sizes: dict[str, Any] = {}
+    for precision in manifest.precisions:
+        entries = [g for g in manifest.graphs if g.precision == precision]
+        paths = [tmp / g.file for g in entries]
+        inline = sum(p.stat().st_size for p in paths)
+        sizes[precision] = {"inline_graph_bytes": inline}
+        if not should_share(paths, mode):
+            continue
+        result = share_weights(tmp, precision, paths)
+        for g, path in zip(entries, paths):
+            g.sha256, g.size_bytes = sha256_file(path), result.graph_bytes[path]
+        manifest.shared_weights.append(result.weights)
+        sizes[precision].update(shared_file_bytes=result.weights.size_bytes,
+                                bundle_graph_bytes=result.weights.size_bytes + sum(result.graph_bytes.values()))
+    manifest.extra["weights"] = sizes
 
 
 def _baseline(tmp: Path, model: Any, cfg: BuildConfig) -> tuple[list[GraphEntry], dict[str, Any]]:
