@@ -35,7 +35,7 @@ from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tole
                              validate_graph)
 from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
-from runtime.patterns import all_patterns
+from runtime.patterns import Pattern, all_patterns
 from runtime.preprocess import FILE_KEYS
 
 DEFAULT_DATASET = "av-digits"
@@ -65,6 +65,9 @@ class BuildConfig:
     # CPU INT8: uint8 activations (qdq-u8s8 or dynamic-u8s8, measured per graph); "tensorrt":
     # the symmetric S8S8 QDQ form TensorRT's explicit INT8 wants (implied by engine="tensorrt")
     int8_target: str = "cpu"
+    patterns: tuple[str, ...] | None = None  # export only these pattern keys (export/select.py)
+    min_modalities: int = 1
+    require: tuple[str, ...] = ()  # every exported pattern contains these modalities
     shared_weights: str = "auto"  # auto | always | never: one weights file per precision (export/weights.py)
     optimize: bool = True  # ORT-fuse the CPU graphs (export/fusion.py); TensorRT graphs stay standard ONNX
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
@@ -239,7 +242,9 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
         model, dataset = load_inputs(cfg)
     from tqdm.auto import tqdm
 
-    patterns = all_patterns(model.modalities)
+    from export.select import select_patterns
+
+    patterns, excluded = select_patterns(model.modalities, cfg.patterns, cfg.min_modalities, cfg.require)
     out = Path(cfg.out or default_out(cfg, model.info.name))
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
@@ -307,6 +312,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
         manifest = _manifest(tmp, model, entries, cfg)
         manifest.extra["fusion"] = fusion
+        manifest.excluded_patterns = excluded
         _share(tmp, manifest, cfg.shared_weights)
         if cfg.placeholders:
             manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
@@ -358,7 +364,10 @@ def _ort_parity(check: Callable[[Path], ParityResult], ort_path: Path, onnx: Par
 
 
 def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig) -> Manifest:
-    full = [e for e in entries if e.pattern == all_patterns(model.modalities)[0].key][0]
+    first: dict[str, GraphEntry] = {}  # a modality's inputs come from the first exported graph that has it
+    for e in entries:
+        for m in sorted(Pattern.from_key(e.pattern)):
+            first.setdefault(m, e)
     modalities, files = {}, {}
     for m, spec in model.info.modalities.items():
         pre = dict(spec.preprocess)
@@ -372,7 +381,7 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                 shutil.copy2(src, dst)
                 pre[k] = relpath(dst, tmp)
                 files[pre[k]] = sha256_file(dst)
-        inputs = [replace(i) for i in full.inputs if i.name.split(".", 1)[0] == m]
+        inputs = [replace(i) for i in (first[m].inputs if m in first else []) if i.name.split(".", 1)[0] == m]
         modalities[m] = ModalityEntry(m, spec.type, inputs, pre)
     return Manifest(method=model.method_name, dataset=model.info.name, task=model.task,
                     labels=list(model.info.labels), modalities=modalities, graphs=entries, files=files,

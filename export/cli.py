@@ -39,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the papers' full graph with placeholders (a benchmark baseline)")
     b.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter; legacy (TorchScript tracing) is a faster escape hatch (default: dynamo)")
+    b.add_argument("--patterns", help="export only these patterns, a comma list of keys such as audio+image,image "
+                                      "(default: all 2^M - 1)")
+    b.add_argument("--min-modalities", type=int, default=1,
+                   help="export only patterns with at least this many modalities (default: 1)")
+    b.add_argument("--require", action="append", default=[], metavar="MODALITY",
+                   help="export only patterns that contain MODALITY (repeatable)")
+    b.add_argument("--int8-target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="INT8 form: cpu = uint8 activations (static QDQ or dynamic, measured per graph); tensorrt "
+                        "= symmetric S8S8 QDQ (implied by --engine tensorrt) (default: cpu)")
+    b.add_argument("--shared-weights", choices=("auto", "always", "never"), default="auto",
+                   help="one weights file per precision shared by its graphs; auto: when the graphs total >= 16 MiB "
+                        "(default: auto)")
+    b.add_argument("--no-optimize", action="store_true",
+                   help="skip onnxruntime's transformer fusions (graphs stay standard ONNX)")
     b.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -74,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                           calib_samples=args.calib_samples, val_samples=args.val_samples,
                           int8_method=args.int8_method, io_dtype=args.io_dtype, ort_format=args.ort_format,
                           placeholders=not args.no_placeholders, progress=not args.no_progress,
-                          exporter=args.exporter)
+                          exporter=args.exporter, patterns=tuple(args.patterns.split(",")) if args.patterns else None,
+                          min_modalities=args.min_modalities, require=tuple(args.require),
+                          int8_target=args.int8_target, shared_weights=args.shared_weights,
+                          optimize=not args.no_optimize)
         out = build_bundle(cfg)
     except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
         kind = "parity failed" if isinstance(exc, ParityError) else "error"
@@ -84,5 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(manifest))
     for b in manifest.baselines:
         print(f"baseline (benchmark only): {b.file}  {b.size_bytes / 1024:.0f} KB  {b.export_time_s:.1f} s")
+    for g in manifest.graphs:
+        if g.fused_ops is not None:
+            kind = f" [{g.int8_type}]" if g.int8_type else ""
+            print(f"fused {g.precision}/{g.pattern}{kind}: "
+                  + (", ".join(f"{k} {v}" for k, v in g.fused_ops.items()) or "none"))
+    for w in manifest.shared_weights:
+        print(f"shared weights {w.file}: {w.size_bytes / 1e6:.2f} MB for {w.referenced_bytes / 1e6:.2f} MB referenced")
+    if manifest.excluded_patterns:
+        print(f"not exported: {', '.join(manifest.excluded_patterns)}")
     print(f"bundle: {out}  ({len(manifest.graphs)} graphs, precisions {', '.join(manifest.precisions)})")
     return 0

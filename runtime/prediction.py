@@ -31,6 +31,9 @@ class Prediction:
     embedding: np.ndarray | None
     timings: dict[str, float] = field(default_factory=dict)  # preprocess_ms, inference_ms, total_ms (of its batch)
     batch_size: int = 1  # samples that ran together in one session.run (timings are for the whole batch)
+    # modalities that were present but not used: the bundle lacks their pattern and the runtime (with
+    # fallback on) ran the best exported sub-pattern ``pattern`` instead
+    ignored: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
