@@ -397,14 +397,14 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
 def _share(tmp: Path, manifest: Manifest, mode: str) -> None:
     """Store each precision's weights once (when ``mode`` and the size threshold say so); graph entries
     get their new sha256/size. Runs after parity and the .ort copies (those stay self-contained)."""
-    from export.weights import share_weights, should_share
+    from export.weights import share_weights, should_share, unique_weight_bytes
 
     sizes: dict[str, Any] = {}
     for precision in manifest.precisions:
         entries = [g for g in manifest.graphs if g.precision == precision]
         paths = [tmp / g.file for g in entries]
         inline = sum(p.stat().st_size for p in paths)
-        sizes[precision] = {"inline_graph_bytes": inline}
+        sizes[precision] = {"inline_graph_bytes": inline, "unique_weight_bytes": unique_weight_bytes(paths)}
         if not should_share(paths, mode):
             continue
         result = share_weights(tmp, precision, paths)

@@ -65,10 +65,39 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
             pos += 8
         elif wire == 5:
             pos += 4
+        elif wire == 3:  # deprecated group: skip to its end marker (a parser ORT uses would too)
+            pos = _skip_group(buf, pos, field)
+        elif wire == 4:
+            raise MalformedGraph("unexpected end-group marker")
         else:
             raise MalformedGraph(f"unsupported wire type {wire}")
     if pos != len(buf):
         raise MalformedGraph("truncated fixed-width field")
+
+
+def _skip_group(buf: memoryview, pos: int, field: int) -> int:
+    depth = 1
+    while depth:
+        key, pos = _varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            pos += size
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 3:
+            depth += 1
+        elif wire == 4:
+            depth -= 1
+        else:
+            raise MalformedGraph(f"unsupported wire type {wire}")
+        if pos > len(buf):
+            raise MalformedGraph("truncated group")
+    return pos
 
 
 # message kind -> {field number: child kind}; only the paths that can lead to a TensorProto
