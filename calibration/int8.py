@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -246,7 +247,11 @@ def quantize_dynamic_int8(fp32_path: str | Path, out_path: str | Path, feeds: Se
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     excluded = logits_nodes(onnx.load(str(fp32_path), load_external_data=False))
-    with contextlib.redirect_stdout(io.StringIO()):
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" on the root logger: not applicable here
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as stack:
+        stack.callback(root.setLevel, level)
         quantize_dynamic(str(fp32_path), str(out_path), op_types_to_quantize=list(op_types), per_channel=per_channel,
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                          extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})

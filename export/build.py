@@ -297,7 +297,8 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                 parity = check(path)
                 results.append(parity)
                 entry = _entry(tmp, path, parity, calib, info.seconds, check if cfg.ort_format else None)
-                entry.fused_ops = fused_op_counts(onnx.load(str(path), load_external_data=False))
+                if optimise:  # None: standard ONNX throughout (TensorRT target or --no-optimize)
+                    entry.fused_ops = fused_op_counts(onnx.load(str(path), load_external_data=False))
                 if precision == "int8":
                     entry.int8_type = str(report.get("form", "qdq-s8s8"))
                 entries.append(entry)
