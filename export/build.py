@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 from export.fusion import export_copy, fused_op_counts, optimise_graph
+from export.weights import share_bundle_weights
 from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
 from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
                              validate_graph)
@@ -314,7 +315,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
         manifest = _manifest(tmp, model, entries, cfg)
         manifest.extra["fusion"] = fusion
         manifest.excluded_patterns = excluded
-        _share(tmp, manifest, cfg.shared_weights)
+        share_bundle_weights(tmp, manifest, cfg.shared_weights)
         if cfg.placeholders:
             manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
         if cfg.engine == "tensorrt":
@@ -393,28 +394,6 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                                             if cfg.optimize and cfg.int8_target != "tensorrt" else None),
                            "io_dtype": cfg.io_dtype, "calib_samples": cfg.calib_samples,
                            "val_samples": cfg.val_samples, "seed": cfg.seed})
-
-
-def _share(tmp: Path, manifest: Manifest, mode: str) -> None:
-    """Store each precision's weights once (when ``mode`` and the size threshold say so); graph entries
-    get their new sha256/size. Runs after parity and the .ort copies (those stay self-contained)."""
-    from export.weights import share_weights, should_share, unique_weight_bytes
-
-    sizes: dict[str, Any] = {}
-    for precision in manifest.precisions:
-        entries = [g for g in manifest.graphs if g.precision == precision]
-        paths = [tmp / g.file for g in entries]
-        inline = sum(p.stat().st_size for p in paths)
-        sizes[precision] = {"inline_graph_bytes": inline, "unique_weight_bytes": unique_weight_bytes(paths)}
-        if not should_share(paths, mode):
-            continue
-        result = share_weights(tmp, precision, paths)
-        for g, path in zip(entries, paths):
-            g.sha256, g.size_bytes = sha256_file(path), result.graph_bytes[path]
-        manifest.shared_weights.append(result.weights)
-        sizes[precision].update(shared_file_bytes=result.weights.size_bytes,
-                                bundle_graph_bytes=result.weights.size_bytes + sum(result.graph_bytes.values()))
-    manifest.extra["weights"] = sizes
 
 
 def _baseline(tmp: Path, model: Any, cfg: BuildConfig) -> tuple[list[GraphEntry], dict[str, Any]]:

@@ -23,7 +23,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from runtime.manifest import SharedWeights, relpath, sha256_file
+from typing import Any
+
+from runtime.manifest import Manifest, SharedWeights, relpath, sha256_file
 
 ALIGNMENT = 64
 MIN_EXTERNAL_BYTES = 1024  # smaller tensors (shapes, scales, zero points) stay inline in each graph
@@ -119,3 +121,27 @@ def unique_weight_bytes(graphs: list[Path]) -> int:
             if len(data) >= MIN_EXTERNAL_BYTES:
                 seen.setdefault(hashlib.sha256(tensor.data_type.to_bytes(4, "little") + data).digest(), len(data))
     return int(np.sum(list(seen.values()), dtype=np.int64)) if seen else 0
+
+
+def share_bundle_weights(bundle_dir: Path, manifest: Manifest, mode: str) -> None:
+    """Store each precision's weights once (when ``mode`` and the size threshold say so), in place.
+
+    Graph entries get their new sha256/size; ``manifest.extra["weights"]`` records per precision the
+    inline bytes, the unique weight bytes and, when shared, the file's and the bundle's bytes. The
+    build calls this after parity and the .ort copies (those stay self-contained).
+    """
+    sizes: dict[str, Any] = {}
+    for precision in manifest.precisions:
+        entries = [g for g in manifest.graphs if g.precision == precision]
+        paths = [bundle_dir / g.file for g in entries]
+        sizes[precision] = {"inline_graph_bytes": sum(p.stat().st_size for p in paths),
+                            "unique_weight_bytes": unique_weight_bytes(paths)}
+        if not should_share(paths, mode):
+            continue
+        result = share_weights(bundle_dir, precision, paths)
+        for g, path in zip(entries, paths):
+            g.sha256, g.size_bytes = sha256_file(path), result.graph_bytes[path]
+        manifest.shared_weights.append(result.weights)
+        sizes[precision].update(shared_file_bytes=result.weights.size_bytes,
+                                bundle_graph_bytes=result.weights.size_bytes + sum(result.graph_bytes.values()))
+    manifest.extra["weights"] = sizes

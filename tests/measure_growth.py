@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export.build import BuildConfig, _share, build_bundle  # noqa: E402
+from export.build import BuildConfig, build_bundle  # noqa: E402
+from export.weights import share_bundle_weights  # noqa: E402
 from runtime.manifest import load_manifest  # noqa: E402
 from train.data.types import ModalitySpec, MultimodalDataset, Sample  # noqa: E402
 from train.encoders import build_encoder, default_encoder_config  # noqa: E402
@@ -89,7 +90,7 @@ def measure(m: int, root: Path, exporter: str = "dynamo") -> dict:
     shared = root / f"gen{m}-shared"
     shutil.copytree(inline, shared)
     manifest = load_manifest(shared)
-    _share(shared, manifest, "always")
+    share_bundle_weights(shared, manifest, "always")
     manifest.save(shared)
     w = manifest.extra["weights"]["fp32"]
     return {"M": m, "patterns": 2 ** m - 1, "export_s": round(export_s, 2),
