@@ -120,6 +120,12 @@ def test_cpu_int8_and_fused_fp32_pass_parity_for_every_pattern(method: str, tmp_
             assert choice["chosen"] == g.int8_type and set(choice["ratio_to_fp32"]) == {"qdq-u8s8", "dynamic-u8s8"}
             assert not any(i.dtype == "int8" for i in g.inputs)
     assert set(m.extra["fusion"]) == {p.key for p in all_patterns(model.modalities)}
+    if method == "cmpt":  # `mmedge runtime info` shows the counts and the INT8 type
+        from runtime.runtime_cli import info
+
+        shown = info(tmp_path / "b", "int8", ["cpu"], as_json=True)
+        assert shown["fused_ops"] == {f"{g.precision}/{g.pattern}": g.fused_ops for g in m.graphs}
+        assert shown["int8_type"] == {g.pattern: g.int8_type for g in m.graphs if g.precision == "int8"}
 
 
 def test_tensorrt_int8_target_keeps_standard_onnx_and_symmetric_qdq(tmp_path: Path) -> None:
