@@ -4,6 +4,12 @@ One bundle holds every requested precision (``Runtime.load(bundle_dir, precision
 picks one), so ``--precision fp32,fp16,int8`` writes ``bundles/<dataset>-<method>-fp32-fp16-int8/``
 with ``graphs/<precision>/<pattern>.onnx``; see runtime/manifest.py for the layout.
 
+Per pattern: an export copy of the branch (LoRA merged, fusable attention; export/fusion.py) is
+exported once as standard ONNX (the FP16 and TensorRT-INT8 source) and, for onnxruntime targets,
+optimised into the fused FP32 graph (the CPU-INT8 source). Every graph's parity is measured
+against the original branch. Then each precision's weights may move to one shared file
+(export/weights.py), after parity and the .ort copies.
+
 Dependency note (DESIGN.md: runtime <- calibration <- export <- train): onnx.py, validate.py
 and tensorrt.py never import train; they take any module with ``input_names`` /
 ``output_names``. This file is the one bridge that turns a *trained run* into a bundle, so it
@@ -26,14 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import onnx
 
 from export.fusion import export_copy, fused_op_counts, optimise_graph
-from export.weights import share_bundle_weights
 from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
 from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
                              validate_graph)
+from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
 from runtime.patterns import Pattern, all_patterns
