@@ -1,14 +1,22 @@
-"""INT8 with calibration: onnxruntime static quantization to QDQ graphs that TensorRT accepts.
+"""INT8 with calibration: onnxruntime static quantization to QDQ graphs, in one of two forms.
 
-TensorRT's explicit-quantization path wants symmetric int8 (zero point 0) for activations and
-weights, Q/DQ pairs in front of the compute ops, and no ORT-only fused ops: hence QInt8 for both,
-ActivationSymmetric/WeightSymmetric, DedicatedQDQPair, and pre-processing limited to shape
-inference (no ORT graph optimisation, which could emit com.microsoft ops).
+- ``form="s8s8"`` (TensorRT): TensorRT's explicit-quantization path wants symmetric int8 (zero
+  point 0) for activations and weights, Q/DQ pairs in front of the compute ops, and no ORT-only
+  fused ops: hence QInt8 for both, ActivationSymmetric/WeightSymmetric, DedicatedQDQPair, and
+  pre-processing limited to shape inference. On x86 CPUs onnxruntime runs int8 x int8 on a slow
+  path (3.3-3.7x slower than FP32 on the easy-vqa bundle), so this form is for TensorRT only.
+- ``form="u8s8"`` (CPU): asymmetric uint8 activations, symmetric per-channel int8 weights, the
+  pair onnxruntime's VNNI/AMX integer kernels multiply. Contrib ops of an ORT-fused graph stay.
+
+``quantize_dynamic_int8`` (calibration-free, uint8 activations quantized per call) is the other
+CPU candidate; calibration/int8_cpu.py measures both and picks one per graph. The MatMul/Gemm
+that produces the logits is never quantized (the class scores are what parity compares).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -22,6 +30,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from calibration.compare import Comparison, Tolerance, compare
+
+Form = Literal["s8s8", "u8s8"]
 from calibration.ranges import Feed, make_session, run_feeds
 
 Method = Literal["minmax", "entropy", "percentile"]
@@ -101,6 +111,9 @@ class Int8Report:
     input_dtypes: dict[str, str]
     sizes: dict[str, int] = field(default_factory=dict)
     precision: str = "int8"
+    form: str = "qdq-s8s8"  # qdq-s8s8 (TensorRT) | qdq-u8s8 | dynamic-u8s8 (CPU)
+    excluded_nodes: list[str] = field(default_factory=list)
+    choice: dict[str, Any] = field(default_factory=dict)  # CPU builds: candidates measured and why this one
 
     @property
     def comparison(self) -> Comparison:
@@ -133,24 +146,48 @@ def inspect_qdq(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int],
     return dict(quantized), dict(counts), symmetric
 
 
+def logits_nodes(model: onnx.ModelProto, output: str = "logits") -> list[str]:
+    """Names of the MatMul/Gemm nodes that compute ``output`` (walking back over Add/Reshape/...)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found: list[str] = []
+    stack, seen = [output], set()
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("MatMul", "Gemm"):
+            found.append(node.name)
+        elif node.op_type in ("Add", "Reshape", "Identity", "Squeeze", "Flatten", "Cast"):
+            stack.extend(node.input)
+    return found
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[Feed], *,
-                  method: Method = "minmax", per_channel: bool = True,
+                  method: Method = "minmax", per_channel: bool = True, form: Form = "s8s8",
                   op_types: Sequence[str] | None = DEFAULT_OPS, nodes_to_exclude: Sequence[str] = (),
                   percentile: float = 99.999, entropy_bins: int = 512,
                   tolerance: Tolerance = INT8_TOLERANCE) -> Int8Report:
-    """Write a QDQ INT8 graph (symmetric int8 activations and weights) calibrated on `feeds`.
+    """Write a QDQ INT8 graph calibrated on `feeds`: ``form`` s8s8 (TensorRT) or u8s8 (CPU).
 
     op_types=None quantizes every op ORT can; the default keeps to the ops TensorRT runs in INT8.
     The agreement is measured on the same feeds (held-out parity belongs to export.validate).
     """
+    if form not in ("s8s8", "u8s8"):
+        raise ValueError(f"unknown INT8 form {form!r}; choose 's8s8' (TensorRT) or 'u8s8' (CPU)")
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(METHODS)}")
     if not feeds:
         raise ValueError("quantize_int8 needs at least one calibration feed (got none)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    extra: dict[str, Any] = {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True,
-                             "QDQKeepRemovableActivations": True}
+    symmetric_acts = form == "s8s8"
+    extra: dict[str, Any] = {"ActivationSymmetric": symmetric_acts, "WeightSymmetric": True,
+                             "DedicatedQDQPair": symmetric_acts, "QDQKeepRemovableActivations": symmetric_acts}
+    if not symmetric_acts:
+        # An ORT-fused graph has contrib ops ONNX shape inference cannot type; their outputs are float.
+        extra["DefaultTensorType"] = onnx.TensorProto.FLOAT
+    nodes_to_exclude = [*nodes_to_exclude, *logits_nodes(onnx.load(str(fp32_path), load_external_data=False))]
     if op_types:
         # ORT also puts QDQ on these ops' outputs (logits included): TensorRT does not need it
         # and it costs accuracy; the consumers' own inputs get QDQ where they are quantized.
@@ -178,7 +215,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[F
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
             quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(op_types) if op_types else None,
-                            per_channel=per_channel, activation_type=QuantType.QInt8,
+                            per_channel=per_channel,
+                            activation_type=QuantType.QInt8 if symmetric_acts else QuantType.QUInt8,
                             weight_type=QuantType.QInt8, nodes_to_exclude=list(nodes_to_exclude),
                             calibrate_method=METHODS[method], extra_options=extra,
                             calibration_cache_path=cache)
@@ -188,8 +226,45 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[F
     ref = run_feeds(make_session(fp32_path), feeds)
     got = run_feeds(make_session(out_path), feeds, list(ref[0]))
     return Int8Report(
-        method=method, per_channel=per_channel, tolerance=tolerance, agreement=compare(ref, got),
+        form=f"qdq-{form}", method=method, per_channel=per_channel, tolerance=tolerance, agreement=compare(ref, got),
         quantized_ops=quantized, qdq_nodes=counts, symmetric=symmetric,
         input_dtypes={i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
                       for i in model.graph.input},
-        sizes={"fp32_bytes": Path(fp32_path).stat().st_size, "int8_bytes": out_path.stat().st_size})
+        sizes={"fp32_bytes": Path(fp32_path).stat().st_size, "int8_bytes": out_path.stat().st_size},
+        excluded_nodes=list(nodes_to_exclude))
+
+
+def quantize_dynamic_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[Feed], *,
+                          per_channel: bool = True, op_types: Sequence[str] = ("MatMul", "Attention"),
+                          tolerance: Tolerance = INT8_TOLERANCE) -> Int8Report:
+    """Dynamic INT8 (uint8 activations quantized per call, per-channel int8 weights); no calibration.
+
+    On an ORT-fused graph this turns Attention into QAttention and MatMul into MatMulInteger.
+    ``feeds`` only measure the agreement with the FP32 graph.
+    """
+    from onnxruntime.quantization import quantize_dynamic
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    excluded = logits_nodes(onnx.load(str(fp32_path), load_external_data=False))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT logs "consider pre-processing" on the root logger: not applicable here
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.ExitStack() as stack:
+        stack.callback(root.setLevel, level)
+        quantize_dynamic(str(fp32_path), str(out_path), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+    model = onnx.load(str(out_path))
+    ops = Counter(n.op_type for n in model.graph.node)
+    quantized = {k: v for k, v in ops.items() if k in ("QAttention", "MatMulInteger", "DynamicQuantizeMatMul",
+                                                       "DynamicQuantizeLinear", "ConvInteger")}
+    ref = run_feeds(make_session(fp32_path), feeds)
+    got = run_feeds(make_session(out_path), feeds, list(ref[0]))
+    return Int8Report(
+        form="dynamic-u8s8", method="dynamic", per_channel=per_channel, tolerance=tolerance,
+        agreement=compare(ref, got), quantized_ops=quantized, qdq_nodes={}, symmetric=False,
+        input_dtypes={i.name: onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name
+                      for i in model.graph.input},
+        sizes={"fp32_bytes": Path(fp32_path).stat().st_size, "int8_bytes": out_path.stat().st_size},
+        excluded_nodes=excluded)

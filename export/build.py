@@ -4,6 +4,12 @@ One bundle holds every requested precision (``Runtime.load(bundle_dir, precision
 picks one), so ``--precision fp32,fp16,int8`` writes ``bundles/<dataset>-<method>-fp32-fp16-int8/``
 with ``graphs/<precision>/<pattern>.onnx``; see runtime/manifest.py for the layout.
 
+Per pattern: an export copy of the branch (LoRA merged, fusable attention; export/fusion.py) is
+exported once as standard ONNX (the FP16 and TensorRT-INT8 source) and, for onnxruntime targets,
+optimised into the fused FP32 graph (the CPU-INT8 source). Every graph's parity is measured
+against the original branch. Then each precision's weights may move to one shared file
+(export/weights.py), after parity and the .ort copies.
+
 Dependency note (DESIGN.md: runtime <- calibration <- export <- train): onnx.py, validate.py
 and tensorrt.py never import train; they take any module with ``input_names`` /
 ``output_names``. This file is the one bridge that turns a *trained run* into a bundle, so it
@@ -18,6 +24,7 @@ import platform
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,13 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
+from export.fusion import export_copy, fused_op_counts, optimise_graph
 from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
 from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
                              validate_graph)
+from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
-from runtime.patterns import all_patterns
+from runtime.patterns import Pattern, all_patterns
 from runtime.preprocess import FILE_KEYS
 
 DEFAULT_DATASET = "av-digits"
@@ -59,6 +69,14 @@ class BuildConfig:
     ort_format: bool = False  # also write .ort copies for onnxruntime minimal builds
     placeholders: bool = True  # also export the papers' full graph with placeholders (benchmark only)
     exporter: str = "dynamo"
+    # CPU INT8: uint8 activations (qdq-u8s8 or dynamic-u8s8, measured per graph); "tensorrt":
+    # the symmetric S8S8 QDQ form TensorRT's explicit INT8 wants (implied by engine="tensorrt")
+    int8_target: str = "cpu"
+    patterns: tuple[str, ...] | None = None  # export only these pattern keys (export/select.py)
+    min_modalities: int = 1
+    require: tuple[str, ...] = ()  # every exported pattern contains these modalities
+    shared_weights: str = "auto"  # auto | always | never: one weights file per precision (export/weights.py)
+    optimize: bool = True  # ORT-fuse the CPU graphs (export/fusion.py); TensorRT graphs stay standard ONNX
     tolerances: dict[str, Tolerance] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     seed: int = 0
     threads: int = 1
@@ -79,6 +97,10 @@ class BuildConfig:
         self.precisions = tuple(p for p in PRECISIONS if p in self.precisions)  # canonical order, no dupes
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.int8_target not in ("cpu", "tensorrt"):
+            raise ValueError(f"unknown int8 target {self.int8_target!r}; choose cpu or tensorrt")
+        if self.engine == "tensorrt":
+            self.int8_target = "tensorrt"
         if self.calib_samples < 2:
             raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
         if not 0.0 < self.alpha < 1.0 or not (self.target_accuracy is None or 0.0 < self.target_accuracy <= 1.0):
@@ -176,10 +198,14 @@ def convert_precision(precision: str, fp32_path: Path, out_path: Path, feeds: Se
             from calibration.fp16 import convert_fp16
 
             report = convert_fp16(fp32_path, out_path, list(feeds), io_dtype=cfg.io_dtype)
-        else:
+        elif cfg.int8_target == "tensorrt":
             from calibration.int8 import quantize_int8
 
-            report = quantize_int8(fp32_path, out_path, list(feeds), method=cfg.int8_method)
+            report = quantize_int8(fp32_path, out_path, list(feeds), method=cfg.int8_method, form="s8s8")
+        else:
+            from calibration.int8_cpu import choose_cpu_int8
+
+            report = choose_cpu_int8(fp32_path, out_path, list(feeds), method=cfg.int8_method)
     except ImportError as exc:
         raise BuildError(f"{precision} needs calibration/{'fp16' if precision == 'fp16' else 'int8'}.py, which is "
                          f"not available ({exc}); build --precision fp32 instead") from exc
@@ -187,10 +213,16 @@ def convert_precision(precision: str, fp32_path: Path, out_path: Path, feeds: Se
 
 
 def _calibration_summary(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("precision", "method", "io_dtype", "passed", "failures", "kept_fp32_op_types", "tolerance", "sizes")
+    keys = ("precision", "method", "form", "io_dtype", "passed", "failures", "kept_fp32_op_types", "tolerance",
+            "sizes")
     out = {k: report[k] for k in keys if k in report}
     if "kept_fp32" in report:
         out["kept_fp32_count"] = len(report["kept_fp32"])
+    if report.get("choice"):
+        c = report["choice"]
+        out["choice"] = {"chosen": c["chosen"], "why": c["why"],
+                         "ratio_to_fp32": {f: v.get("ratio_to_fp32") for f, v in c["candidates"].items()},
+                         "unbuilt": {f: v["error"] for f, v in c["candidates"].items() if "error" in v}}
     return out
 
 
@@ -225,13 +257,17 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
         model, dataset = load_inputs(cfg)
     from tqdm.auto import tqdm
 
-    patterns = all_patterns(model.modalities)
+    from export.select import select_patterns
+
+    patterns, excluded = select_patterns(model.modalities, cfg.patterns, cfg.min_modalities, cfg.require)
     out = Path(cfg.out or default_bundle_dir(cfg, model.info.name))
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
     results: list[ParityResult] = []
     ranges: dict[str, list[float]] = {}
-    with atomic_bundle_dir(out) as tmp:
+    fusion: dict[str, Any] = {}  # pattern -> what the optimisation step fused (and what it expected)
+    optimise = cfg.optimize and cfg.int8_target != "tensorrt"
+    with atomic_bundle_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="mmedge-export-") as work:
         steps = tqdm(total=len(patterns) * len(cfg.precisions), desc=f"export {out.name}", unit="graph",
                      disable=not cfg.progress)
         for pattern in patterns:
@@ -241,8 +277,21 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             conf_data = _confidence_data(model, dataset, pattern, cfg)
             fp32 = tmp / "graphs" / "fp32" / f"{key}.onnx"
             example = tuple(t[: min(4, len(t))] for t in data.calib_args[0])
-            info = export_pattern(module, example, fp32, dynamic_seq=seq,
+            # LoRA merged, fusable attention; parity below is against the original (unmerged) branch
+            twin = export_copy(module)
+            standard = Path(work) / f"{key}.onnx"  # standard ONNX: the FP16 and TensorRT INT8 source
+            info = export_pattern(twin.module, example, standard, dynamic_seq=seq,
                                   exporter=cfg.exporter)  # type: ignore[arg-type]
+            fp32.parent.mkdir(parents=True, exist_ok=True)
+            fused: dict[str, Any] | None = None
+            if optimise:
+                opt = optimise_graph(standard, fp32, twin.attention_layers)
+                fused = {**opt.to_dict(), "lora_merged": twin.lora_merged}
+                fusion[key] = fused
+                for line in opt.warnings:
+                    tqdm.write(f"warning: pattern {key}: {line}", file=sys.stderr)
+            else:
+                shutil.copyfile(standard, fp32)
             stamp_graph(fp32, key, "fp32")
             ref = torch_outputs(module, data.val_args)
             for precision in cfg.precisions:
@@ -252,7 +301,8 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                     path = tmp / "graphs" / precision / f"{key}.onnx"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     t0 = time.perf_counter()
-                    report = convert_precision(precision, fp32, path, data.calib_feeds, cfg)
+                    source = fp32 if precision == "int8" and cfg.int8_target == "cpu" else standard
+                    report = convert_precision(precision, source, path, data.calib_feeds, cfg)
                     seconds = time.perf_counter() - t0
                     stamp_graph(path, key, precision)
                     rep = tmp / "reports" / precision / f"{key}.json"
@@ -266,7 +316,12 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
                                 threads=cfg.threads)
                 parity = check(path)
                 results.append(parity)
-                entries.append(_entry(tmp, path, parity, calib, info.seconds, check if cfg.ort_format else None))
+                entry = _entry(tmp, path, parity, calib, info.seconds, check if cfg.ort_format else None)
+                if optimise:  # None: standard ONNX throughout (TensorRT target or --no-optimize)
+                    entry.fused_ops = fused_op_counts(onnx.load(str(path), load_external_data=False))
+                if precision == "int8":
+                    entry.int8_type = str(report.get("form", "qdq-s8s8"))
+                entries.append(entry)
                 if conf_data is not None:
                     entries[-1].confidence = _fit_confidence(path, key, precision, conf_data, model.task, tmp, cfg)
                 steps.update(1)
@@ -279,6 +334,9 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
         if "fp32" not in cfg.precisions:  # the FP32 graphs were only the source of the conversions
             shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
         manifest = _manifest(tmp, model, entries, cfg, ranges)
+        manifest.extra["fusion"] = fusion
+        manifest.excluded_patterns = excluded
+        share_bundle_weights(tmp, manifest, cfg.shared_weights)
         if cfg.placeholders:
             manifest.baselines, manifest.placeholders = _baseline(tmp, model, cfg)
         if cfg.engine == "tensorrt":
@@ -383,7 +441,10 @@ def _widen_ranges(ranges: dict[str, list[float]], feeds: Sequence[dict[str, np.n
 
 def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig,
               ranges: dict[str, list[float]] | None = None) -> Manifest:
-    full = [e for e in entries if e.pattern == all_patterns(model.modalities)[0].key][0]
+    first: dict[str, GraphEntry] = {}  # a modality's inputs come from the first exported graph that has it
+    for e in entries:
+        for m in sorted(Pattern.from_key(e.pattern)):
+            first.setdefault(m, e)
     modalities, files = {}, {}
     for m, spec in model.info.modalities.items():
         pre = dict(spec.preprocess)
@@ -397,13 +458,16 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                 shutil.copy2(src, dst)
                 pre[k] = relpath(dst, tmp)
                 files[pre[k]] = sha256_file(dst)
-        inputs = [replace(i) for i in full.inputs if i.name.split(".", 1)[0] == m]
+        inputs = [replace(i) for i in (first[m].inputs if m in first else []) if i.name.split(".", 1)[0] == m]
         own = {n: r for n, r in (ranges or {}).items() if n.split(".", 1)[0] == m}
         modalities[m] = ModalityEntry(m, spec.type, inputs, pre, input_range=own or None)
     return Manifest(method=model.method_name, dataset=model.info.name, task=model.task,
                     labels=list(model.info.labels), modalities=modalities, graphs=entries, files=files,
                     tools=tool_versions(), created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     extra={"exporter": cfg.exporter, "opset": 18, "int8_method": cfg.int8_method,
+                           "int8_target": cfg.int8_target,
+                           "optimisation": ({"tool": "onnxruntime.transformers.optimizer", "opt_level": 1}
+                                            if cfg.optimize and cfg.int8_target != "tensorrt" else None),
                            "io_dtype": cfg.io_dtype, "calib_samples": cfg.calib_samples,
                            "val_samples": cfg.val_samples, "seed": cfg.seed})
 

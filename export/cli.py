@@ -48,6 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--confidence-samples", type=int, default=1000,
                    help="validation samples per pattern for confidence calibration (default: 1000)")
     b.add_argument("--no-confidence", action="store_true", help="skip confidence calibration")
+    b.add_argument("--patterns", help="export only these patterns, a comma list of keys such as audio+image,image "
+                                      "(default: all 2^M - 1)")
+    b.add_argument("--min-modalities", type=int, default=1,
+                   help="export only patterns with at least this many modalities (default: 1)")
+    b.add_argument("--require", action="append", default=[], metavar="MODALITY",
+                   help="export only patterns that contain MODALITY (repeatable)")
+    b.add_argument("--int8-target", choices=("cpu", "tensorrt"), default="cpu",
+                   help="INT8 form: cpu = uint8 activations (static QDQ or dynamic, measured per graph); tensorrt "
+                        "= symmetric S8S8 QDQ (implied by --engine tensorrt) (default: cpu)")
+    b.add_argument("--shared-weights", choices=("auto", "always", "never"), default="auto",
+                   help="one weights file per precision shared by its graphs; auto: when the graphs total >= 16 MiB "
+                        "(default: auto)")
+    b.add_argument("--no-optimize", action="store_true",
+                   help="skip onnxruntime's transformer fusions (graphs stay standard ONNX)")
     b.add_argument("--no-progress", action="store_true")
     k = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles (needs mmedge[sign])",
                        description="Write KEY (private, PEM, mode 0600) and KEY.pub (public, PEM). Keep KEY off the "
@@ -120,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                           int8_method=args.int8_method, io_dtype=args.io_dtype, ort_format=args.ort_format,
                           placeholders=not args.no_placeholders, progress=not args.no_progress,
                           exporter=args.exporter, confidence=not args.no_confidence, alpha=args.alpha,
-                          target_accuracy=args.target_accuracy, confidence_samples=args.confidence_samples)
+                          target_accuracy=args.target_accuracy, confidence_samples=args.confidence_samples,
+                          patterns=tuple(args.patterns.split(",")) if args.patterns else None,
+                          min_modalities=args.min_modalities, require=tuple(args.require),
+                          int8_target=args.int8_target, shared_weights=args.shared_weights,
+                          optimize=not args.no_optimize)
         out = build_bundle(cfg)
     except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
         kind = "parity failed" if isinstance(exc, ParityError) else "error"
@@ -135,5 +153,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print("confidence (validation split, ECE over 15 equal-mass bins):")
         print(confidence_table(manifest.graphs))
+    for g in manifest.graphs:
+        if g.fused_ops is not None:
+            kind = f" [{g.int8_type}]" if g.int8_type else ""
+            print(f"fused {g.precision}/{g.pattern}{kind}: "
+                  + (", ".join(f"{k} {v}" for k, v in g.fused_ops.items()) or "none"))
+    for w in manifest.shared_weights:
+        print(f"shared weights {w.file}: {w.size_bytes / 1e6:.2f} MB for {w.referenced_bytes / 1e6:.2f} MB referenced")
+    if manifest.excluded_patterns:
+        print(f"not exported: {', '.join(manifest.excluded_patterns)}")
     print(f"bundle: {out}  ({len(manifest.graphs)} graphs, precisions {', '.join(manifest.precisions)})")
     return 0

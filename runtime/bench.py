@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.bench_env import cold_start, machine_record
+from runtime.bench_env import bundle_record, cold_start, machine_record
 from runtime.bench_inputs import Inputs, synthetic_raw  # noqa: F401 - re-exported for callers and tests
 from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.patterns import Pattern
@@ -245,7 +245,8 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
                      "inputs": "deterministic synthetic raw samples (seed 0) through the bundle's preprocessing; "
                                "sequence length = the spec's max_frames / max_length",
                      "input_shapes": inputs.describe()},
-        "machine": machine_record(cfg.threads), "providers": {}, "results": [], "baselines": [], "ratios": {}}
+        "machine": machine_record(cfg.threads), "providers": {}, "results": [], "baselines": [], "ratios": {},
+        "bundle_info": bundle_record(manifest, bundle)}
     paired: list[dict[str, Any]] = []
     for prov in cfg.providers:
         ok, why = provider_status(prov, bundle, manifest)

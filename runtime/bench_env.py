@@ -94,8 +94,15 @@ except ImportError as exc:  # no runtime yet: the minimal equivalent (manifest +
     feeds = {f"{m}.{k}": v for m in sorted(sample) for k, v in pre[m]([sample[m]]).items()}
     sess["+".join(sorted(sample))].run(None, feeds)
 t3 = time.perf_counter()
+def pss_mb():
+    # proportional set size: pages shared with other processes (a mapped weights file) count in part
+    try:
+        line = next(l for l in open("/proc/self/smaps_rollup") if l.startswith("Pss:"))
+        return int(line.split()[1]) / 1024
+    except (OSError, StopIteration):
+        return None
 print("COLD:" + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t_sample,
-      "total_s": (t3 - t0) - (t_sample - t2), "peak_rss_mb": hwm_mb(),
+      "total_s": (t3 - t0) - (t_sample - t2), "peak_rss_mb": hwm_mb(), "pss_mb": pss_mb(),
       "path": note}))
 """
 
@@ -119,3 +126,21 @@ def cold_start(bundle: Path, threads: int = 1) -> dict[str, Any]:
     return res
 
 
+
+
+def bundle_record(manifest: Any, bundle: Path) -> dict[str, Any]:
+    """What the export bought, read from the manifest: fused ops and INT8 type per graph, and per
+    precision the bytes on disk (graphs + shared weights file) against the unique weight bytes."""
+    per: dict[str, Any] = {}
+    weights = {w.precision: w for w in getattr(manifest, "shared_weights", [])}
+    recorded = manifest.extra.get("weights", {}) if isinstance(manifest.extra, dict) else {}
+    for p in manifest.precisions:
+        graphs = [g for g in manifest.graphs if g.precision == p]
+        on_disk = sum(g.size_bytes for g in graphs) + (weights[p].size_bytes if p in weights else 0)
+        unique = recorded.get(p, {}).get("unique_weight_bytes")
+        per[p] = {"bundle_bytes": on_disk, "unique_weight_bytes": unique,
+                  "bytes_over_unique": round(on_disk / unique, 4) if unique else None,
+                  "shared_weights_file": weights[p].file if p in weights else None}
+    return {"graphs": {f"{g.precision}/{g.pattern}": {"fused_ops": g.fused_ops, "int8_type": g.int8_type}
+                       for g in manifest.graphs},
+            "precisions": per, "excluded_patterns": list(getattr(manifest, "excluded_patterns", []))}

@@ -111,6 +111,23 @@ def markdown(rec: dict[str, Any]) -> str:
         out += [f"| {e['pattern']} | {e['precision']} | {e['provider']} | {e['batch']} | {_ms(e['p50_ms'])} | "
                 f"{_ms(e['fp32_p50_ms'])} | {e['ratio']:.2f}x | {'yes' if e['paired'] else 'no'} |"
                 for e in sorted(d["entries"], key=lambda e: (e["provider"], e["precision"], e["pattern"], e["batch"]))]
+    info = rec.get("bundle_info")
+    if info:
+        out += ["", "## Bundle", "", "| precision | bundle bytes | unique weight bytes | ratio | shared weights file |",
+                "|---|---|---|---|---|"]
+        for p, v in info["precisions"].items():
+            ratio = f"{v['bytes_over_unique']:.3f}x" if v["bytes_over_unique"] else "-"
+            out.append(f"| {p} | {v['bundle_bytes']:,} | {v['unique_weight_bytes'] or '-'} | {ratio} | "
+                       f"{v['shared_weights_file'] or 'inline'} |")
+        out += ["", "| graph | INT8 type | fused ops |", "|---|---|---|"]
+        out += [f"| {k} | {v['int8_type'] or '-'} | "
+                + (", ".join(f"{op} {n}" for op, n in (v["fused_ops"] or {}).items()) or "none") + " |"
+                for k, v in info["graphs"].items()]
+    cold = rec.get("cold_start") or {}
+    if "total_s" in cold:
+        pss = f", PSS {cold['pss_mb']:.0f} MB" if cold.get("pss_mb") is not None else ""
+        out += ["", f"Cold start (fresh process: import + load every fp32 pattern + first prediction): "
+                    f"{cold['total_s']:.3f} s; peak RSS {cold['peak_rss_mb']:.0f} MB{pss}."]
     out += ["", f"Peak RSS of the benchmark process: {rec['peak_rss_mb']:.0f} MB."]
     if rec.get("plot_note"):
         out += ["", rec["plot_note"]]

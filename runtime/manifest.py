@@ -9,6 +9,10 @@ Layout of a bundle directory (every path in the manifest is relative to it)::
     baseline/<precision>/full-placeholders.onnx  the papers' way, for benchmarks only
     preprocess/<modality>/tokenizer.json      files the preprocessing specs reference
     reports/<precision>/<pattern key>.json    full calibration reports
+    graphs/<precision>/weights.bin            optional: every weight of that precision's graphs, once
+                                              (unique by content, 64-byte aligned); the graphs refer to it
+                                              as ONNX external data. Listed in ``shared_weights``, checksummed;
+                                              every reference must name it and lie inside it
 
 ``load_manifest`` is the only reader: it checks the schema version and every field against the
 schema (runtime.manifest_schema), refuses any path that leaves the bundle (absolute, "..",
@@ -79,6 +83,10 @@ class GraphEntry:
     # temperature, conformal scores, abstention and metrics (runtime.confidence); None: uncalibrated. Not
     # ``calibration``, which is the FP16/INT8 conversion's summary.
     confidence: dict[str, Any] | None = None
+    # onnxruntime contrib ops in the graph after the export's optimisation step (op type -> count);
+    # None: not optimised (standard ONNX, e.g. graphs TensorRT consumes)
+    fused_ops: dict[str, int] | None = None
+    int8_type: str | None = None  # INT8 graphs: "qdq-u8s8", "dynamic-u8s8" (CPU) or "qdq-s8s8" (TensorRT)
 
     @property
     def usable_ort_file(self) -> str | None:
@@ -90,6 +98,19 @@ class GraphEntry:
         if self.ort_file:
             out.append((self.ort_file, self.ort_sha256 or ""))
         return out
+
+
+@dataclass
+class SharedWeights:
+    """One precision's shared external-data file (export/weights.py writes it)."""
+
+    precision: str
+    file: str  # relative to the bundle, beside the graphs: graphs/<precision>/weights.bin
+    sha256: str
+    size_bytes: int
+    tensors: int  # unique tensors stored
+    referenced_bytes: int = 0  # sum over graphs of the bytes they refer to (what inline graphs would hold)
+    alignment: int = 64
 
 
 @dataclass
@@ -107,6 +128,8 @@ class Manifest:
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    shared_weights: list[SharedWeights] = field(default_factory=list)
+    excluded_patterns: list[str] = field(default_factory=list)  # patterns the build was told not to export
 
     @property
     def precisions(self) -> list[str]:
@@ -142,7 +165,8 @@ class Manifest:
                     for m, e in body.pop("modalities").items()}
             graphs = [_graph(g) for g in body.pop("graphs")]
             baselines = [_graph(g) for g in body.pop("baselines", [])]
-            return cls(modalities=mods, graphs=graphs, baselines=baselines, **body)
+            shared = [SharedWeights(**w) for w in body.pop("shared_weights", [])]
+            return cls(modalities=mods, graphs=graphs, baselines=baselines, shared_weights=shared, **body)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise BundleIntegrityError(f"malformed manifest: {type(exc).__name__}: {exc}") from None
 
@@ -228,6 +252,10 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True, trusted_keys: 
 
         verify_manifest(bundle_dir, data, trusted_keys)
     manifest = Manifest.from_dict(data)
+    weights: dict[Path, SharedWeights] = {}
+    for w in manifest.shared_weights:
+        path = (verify_file(bundle_dir, w.file, w.sha256) if verify else resolve_in_bundle(bundle_dir, w.file))
+        weights[path] = w
     for g in [*manifest.graphs, *manifest.baselines]:
         try:
             Pattern.from_key(g.pattern)
@@ -238,6 +266,7 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True, trusted_keys: 
         for rel, digest in g.files():
             (verify_file(bundle_dir, rel, digest, pattern=g.pattern) if verify
              else resolve_in_bundle(bundle_dir, rel, pattern=g.pattern))
+        check_external_data(bundle_dir, g.file, weights, pattern=g.pattern)
     for rel, digest in manifest.files.items():
         verify_file(bundle_dir, rel, digest) if verify else resolve_in_bundle(bundle_dir, rel)
     for entry in manifest.modalities.values():
@@ -245,6 +274,44 @@ def load_manifest(bundle_dir: Path | str, *, verify: bool = True, trusted_keys: 
             if entry.preprocess.get(key):
                 resolve_in_bundle(bundle_dir, str(entry.preprocess[key]))
     return manifest
+
+
+def check_external_data(bundle_dir: Path, rel: str, weights: dict[Path, SharedWeights], *,
+                        pattern: str | None = None) -> int:
+    """Refuse a graph whose external-data references leave the listed weights files; returns their count.
+
+    Each reference must name (relative to the graph's folder, as onnxruntime resolves it) a file
+    the manifest lists in ``shared_weights`` (hence inside the bundle and checksummed), with a
+    length, and ``offset + length`` within that file's listed size.
+    """
+    from runtime.external_data import MalformedGraph, external_refs
+
+    graph = resolve_in_bundle(bundle_dir, rel, pattern=pattern)
+    data = graph.read_bytes() if graph.is_file() else b""
+    try:
+        refs = external_refs(data)
+    except MalformedGraph:
+        # Not protobuf at all: onnxruntime refuses the file when its session is created (a typed
+        # BundleIntegrityError there). Any file it can parse, this walker parses too.
+        return 0
+    folder = PurePosixPath(rel).parent
+    for ref in refs:
+        loc = ref.location or ""
+        where = f"graph {rel!r} tensor {ref.tensor!r} refers to external data {loc!r}"
+        if not loc or PurePosixPath(loc.replace("\\", "/")).is_absolute() or (len(loc) > 1 and loc[1] == ":"):
+            raise BundleIntegrityError(f"{where}: an external-data location must be a relative path beside the "
+                                       "graph; re-export the bundle", pattern=pattern, path=rel)
+        target = resolve_in_bundle(bundle_dir, (folder / loc.replace("\\", "/")).as_posix(), pattern=pattern)
+        entry = weights.get(target)
+        if entry is None:
+            raise BundleIntegrityError(f"{where}, which is not a weights file the manifest lists "
+                                       f"({sorted(w.file for w in weights.values()) or 'none'}); re-export the bundle",
+                                       pattern=pattern, path=rel)
+        if ref.length is None or ref.offset < 0 or ref.offset + ref.length > entry.size_bytes:
+            raise BundleIntegrityError(f"{where} at offset {ref.offset} length {ref.length}, outside "
+                                       f"{entry.file} ({entry.size_bytes} bytes); re-export the bundle",
+                                       pattern=pattern, path=rel)
+    return len(refs)
 
 
 def is_bundle_temp(path: Path) -> bool:

@@ -41,6 +41,9 @@ class Prediction:
     prediction_set: list[str] | None = None  # conformal set at the runtime's alpha, most probable first
     set_size: int | None = None
     abstained: bool | None = None  # None: the bundle sets no abstention threshold
+    # modalities that were present but not used: the bundle lacks their pattern and the runtime (with
+    # fallback on) ran the best exported sub-pattern ``pattern`` instead
+    ignored: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:

@@ -85,6 +85,11 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         "outputs": [{"name": t.name, "dtype": t.dtype, "shape": t.shape} for t in m.graphs[0].outputs],
         "graph_bytes": {f"{g.precision}/{g.pattern}": g.size_bytes for g in m.graphs},
         "ort_copies": {f"{g.precision}/{g.pattern}": _ort_status(g) for g in m.graphs if g.ort_file},
+        "fused_ops": {f"{g.precision}/{g.pattern}": g.fused_ops for g in m.graphs if g.fused_ops is not None},
+        "int8_type": {g.pattern: g.int8_type for g in m.graphs if g.precision == "int8" and g.int8_type},
+        "shared_weights": {w.precision: {"file": w.file, "size_bytes": w.size_bytes, "tensors": w.tensors}
+                           for w in getattr(m, "shared_weights", [])},
+        "excluded_patterns": list(getattr(m, "excluded_patterns", [])),
         "providers_available": ort.get_available_providers(),
         "providers_requested": rt.requested_providers,
         "providers_in_use": {f"{precision}/{k}": v for k, v in rt.providers.items()},
@@ -101,6 +106,14 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
                           + (f" (+.ort, parity {_ort_status(g)})" if g.ort_file else "")
                           for g in m.graphs if g.precision == p)
         print(f"  {p:<5} {sizes}")
+        for g in (g for g in m.graphs if g.precision == p and g.fused_ops is not None):
+            fused = ", ".join(f"{k} {v}" for k, v in g.fused_ops.items()) or "none"
+            kind = f" [{g.int8_type}]" if g.int8_type else ""
+            print(f"        fused {g.pattern}{kind}: {fused}")
+    for w in getattr(m, "shared_weights", []):
+        print(f"weights     {w.precision}: {w.file} {w.size_bytes / 1e6:.2f} MB, {w.tensors} tensors shared by its graphs")
+    if getattr(m, "excluded_patterns", None):
+        print(f"excluded    {', '.join(m.excluded_patterns)} (not exported)")
     print("inputs")
     for name, e in m.modalities.items():
         tensors = ", ".join(f"{t.name} {t.dtype}{t.shape}" for t in e.inputs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import combinations as _combinations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,13 +115,39 @@ class Runtime:
                                                  (g.ort_sha256 or "") if ort_file else g.sha256, manifest, self._pre)
                 self._by_set[Pattern.from_key(g.pattern)] = g.pattern
         self.fallbacks: dict[str, list[str]] = {}
+        # sub-pattern fallback: present set -> (exported pattern to run, present modalities it ignores)
+        self._fallback: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
+
+    def enable_fallback(self, order: Sequence[str] | None = None) -> None:
+        """Run the best exported sub-pattern when the present modalities form a pattern the bundle lacks.
+
+        Best = drops the fewest present modalities. Ties: the sub-pattern that keeps the modality that
+        comes first in ``order`` (default: the bundle's modalities sorted by name), then the next one, and
+        so on. ``Prediction.pattern`` names the graph that ran, ``Prediction.ignored`` what it left out.
+        """
+        rank: dict[str, int] = {}
+        for m in [*(order or []), *sorted(self.manifest.modalities)]:
+            rank.setdefault(m, len(rank))
+        exported = [Pattern.from_key(k) for k in self._graphs]
+        names = sorted(self.manifest.modalities)
+        table: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
+        for size in range(1, len(names) + 1):
+            for present in (frozenset(c) for c in _combinations(names, size)):
+                if present in self._by_set:
+                    continue
+                subs = [p for p in exported if p < present]
+                if subs:
+                    best = min(subs, key=lambda p: (-len(p), sorted(rank.get(m, len(rank)) for m in p)))
+                    table[present] = (best.key, tuple(sorted(present - best)))
+        self._fallback = table
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: list[prov.ProviderSpec] | None = None,
              *, lazy: bool = False, warmup: bool = True, intra_op_threads: int | None = None,
              trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False,
-             trusted_keys: Sequence[Any] | None = None, alpha: float | None = None) -> "Runtime":
+             trusted_keys: Sequence[Any] | None = None, alpha: float | None = None,
+             fallback: bool | Sequence[str] = False) -> "Runtime":
         """Verify the manifest and every graph's sha256, then create (or, ``lazy``, defer) the sessions.
 
         ``trusted_keys``: ed25519 public keys (paths to .pub PEM files, PEM text, 32 raw bytes or key
@@ -134,6 +161,8 @@ class Runtime:
         ``prefer_ort_format``: on CPU-only chains, load the bundle's ``.ort`` copies that passed parity
         (faster cold start); other patterns load their ``.onnx``.
         ``alpha``: miscoverage of the conformal prediction sets (default: the bundle's, see runtime.confidence).
+        ``fallback``: off by default; True (or a modality priority order for ties) runs the best exported
+        sub-pattern when the present modalities form a pattern the bundle lacks (see ``enable_fallback``).
         """
         bundle_dir = Path(bundle_dir)
         manifest = load_manifest(bundle_dir, verify=True, trusted_keys=trusted_keys)
@@ -143,6 +172,8 @@ class Runtime:
         rt = cls(bundle_dir, manifest, precision, chain, intra_op_threads, prefer_ort_format)
         if alpha is not None:
             rt.set_alpha(alpha)
+        if fallback:
+            rt.enable_fallback(None if fallback is True else list(fallback))
         if not lazy:
             for key in rt._graphs:
                 rt.session(key, warmup=warmup)
@@ -256,12 +287,15 @@ class Runtime:
         key = self._by_set.get(frozenset(present))
         if key is not None:
             return key
+        if self._fallback and frozenset(present) in self._fallback:
+            return self._fallback[frozenset(present)][0]
         if not present:
             raise NoModalityAvailable(f"every modality is missing (None); at least one of {self.modalities} is "
                                       "needed", index=index)
         key = Pattern(present).key
         raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; the bundle has {self.patterns}"
-                                  " at this precision: drop a modality or export that pattern", pattern=key,
+                                  " at this precision: drop a modality, export that pattern, or load with "
+                                  "fallback=True to run the best exported sub-pattern", pattern=key,
                                   index=index)
 
     def feeds(self, key: str, samples: Sequence[Mapping[str, Any]], indices: Sequence[int] | None = None
@@ -307,8 +341,15 @@ class Runtime:
         t2 = time.perf_counter()
         timings = {"preprocess_ms": (t1 - t0) * 1e3, "inference_ms": (t2 - t1) * 1e3}
         pred = self._graphs[key].packer(outs, top_k, timings, feeds)[0]
+        if self._fallback:
+            pred.ignored = self._ignored(inputs, key)
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         return pred
+
+    def _ignored(self, inputs: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        """Present modalities the graph ``key`` does not use (only after a sub-pattern fallback)."""
+        used = self._graphs[key].modalities
+        return tuple(sorted(m for m, v in inputs.items() if v is not None and m not in used))
 
     def predict_batch(self, samples: Sequence[Mapping[str, Any]], *, top_k: int = 5, errors: str = "raise"
                       ) -> list[Prediction | RuntimeInputError]:
@@ -345,6 +386,8 @@ class Runtime:
                 continue
             for i, pred in zip(idx, preds):
                 pred.timings["total_ms"] = (time.perf_counter() - t0) * 1e3
+                if self._fallback:
+                    pred.ignored = self._ignored(samples[i], key)
                 results[i] = pred
         return results
 

@@ -72,6 +72,59 @@ def attention_bias(keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: 
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
 
 
+def additive_attention_bias(keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: torch.dtype) -> Tensor:
+    """The same bias as ``attention_bias``, written as ``(1 - keep) * min`` for export.
+
+    Numerically identical (0 * min = 0, 1 * min = min). onnxruntime's Attention fuser matches
+    exactly ``Add(scores, Mul(Sub(1, Cast(Unsqueeze(Unsqueeze(keep_2d)))), min))``; a ``Where``
+    matches none of its patterns. A read-only prefix needs a (Q, K) mask, which the fuser cannot
+    express as a 2-D key mask: that form stays unfused (but still additive).
+    """
+    low = torch.finfo(dtype).min
+    if readonly_prefix and num_prefix > 0:
+        pos = torch.arange(keep.shape[1], device=keep.device)
+        is_prefix = pos < num_prefix
+        visible = is_prefix[:, None] | ~is_prefix[None, :]
+        allowed = keep[:, None, None, :] & visible[None, None, :, :]
+        return (1.0 - allowed.to(dtype)) * low
+    return (1.0 - keep.unsqueeze(1).unsqueeze(2).to(dtype)) * low
+
+
+class FusableAttention(nn.Module):
+    """Export-time self-attention in the form onnxruntime's transformer fuser turns into ``Attention``.
+
+    Same maths as transformers' eager attention (softmax(q k^T * scale + mask) v), but: the head
+    count is a Python literal in every Reshape (the fuser reads it from there), the scale is a
+    ``Div`` by sqrt(head_dim) right after ``q @ k^T`` (the fuser's "path1"), and k is transposed
+    in one step. Drop-in for BertSelfAttention (``o`` None: BertSelfOutput follows) and for
+    ViTAttention (``o`` given): both are called ``(hidden, mask, **kw)`` and return a pair.
+    Used only by ``ModalityEncoder.use_fusable_attention`` on an export copy; training keeps
+    the stock transformers modules.
+    """
+
+    def __init__(self, q: nn.Module, k: nn.Module, v: nn.Module, num_heads: int, o: nn.Module | None = None) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = q, k, v, o
+        out_features = int(q.weight.shape[0])
+        if out_features % num_heads:
+            raise ValueError(f"projection width {out_features} is not a multiple of {num_heads} heads")
+        self.num_heads, self.head_dim = int(num_heads), out_features // int(num_heads)
+        self.divisor = float(self.head_dim) ** 0.5
+
+    def forward(self, hidden_states: Tensor, attention_mask: Tensor | None = None, *args: Any,
+                **kwargs: Any) -> tuple[Tensor, None]:
+        b, s = hidden_states.shape[0], hidden_states.shape[1]
+        h, d = self.num_heads, self.head_dim
+        q = self.q(hidden_states).reshape(b, s, h, d).transpose(1, 2)
+        k = self.k(hidden_states).reshape(b, s, h, d).permute(0, 2, 3, 1)
+        v = self.v(hidden_states).reshape(b, s, h, d).transpose(1, 2)
+        scores = torch.matmul(q, k) / self.divisor
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, s, h * d)
+        return (self.o(context) if self.o is not None else context), None
+
+
 class ModalityEncoder(nn.Module):
     """Base class: subclasses set the backbone and implement ``embed``.
 
@@ -81,6 +134,7 @@ class ModalityEncoder(nn.Module):
 
     architecture: ClassVar[str]
     input_names: tuple[str, ...]
+    fusable_attention: bool = False  # set by use_fusable_attention (export copies only)
     # Attribute paths of q/k/v/out projections inside one transformer layer.
     projection_paths: ClassVar[dict[str, str]]
 
@@ -127,7 +181,8 @@ class ModalityEncoder(nn.Module):
             prefix = prefix.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([prefix, tokens], dim=1)
             keep = torch.cat([torch.ones_like(keep[:, :1]).expand(-1, num_prefix), keep], dim=1)
-        mask = attention_bias(keep, num_prefix, readonly_prefix, tokens.dtype)
+        bias = additive_attention_bias if self.fusable_attention else attention_bias
+        mask = bias(keep, num_prefix, readonly_prefix, tokens.dtype)
         hidden = tokens
         for layer in self.layers():
             hidden = layer(hidden, mask)
@@ -151,6 +206,33 @@ class ModalityEncoder(nn.Module):
                 f"got {sorted(inputs)} (names come from runtime.preprocess)"
             )
         return [inputs[n] for n in self.input_names]
+
+    # ---- export form ----------------------------------------------------------
+    def use_fusable_attention(self) -> int:
+        """Switch this encoder, in place, to the export-time attention form; returns the layer count.
+
+        Call it on an export copy after folding LoRA (``merged()``): the fuser needs plain
+        Linear q/k/v. Outputs are the same as the stock form within float rounding.
+        """
+        heads = int(self.backbone.config.num_attention_heads)
+        # The attention module is the parent of q (BERT "attention.self", ViT "attention"); it also
+        # applies the output projection when o hangs off the same parent (ViT), else BertSelfOutput does.
+        q_parent = self.projection_paths["q"].rsplit(".", 1)[0]
+        includes_output = self.projection_paths["o"].rsplit(".", 1)[0] == q_parent
+        rows = self.attention_projections()
+        for i, (layer, row) in enumerate(zip(self.layers(), rows)):
+            foreign = [k for k in ("q", "k", "v", "o") if type(row[k]) is not nn.Linear]
+            if foreign:
+                raise TypeError(f"layer {i} projections {foreign} are {[type(row[k]).__name__ for k in foreign]}, "
+                                "not nn.Linear; merge LoRA (LoRALinear.merged()) before use_fusable_attention")
+            *path, attr = q_parent.split(".")
+            parent: nn.Module = layer
+            for name in path:
+                parent = getattr(parent, name)
+            setattr(parent, attr, FusableAttention(row["q"], row["k"], row["v"], heads,
+                                                   row["o"] if includes_output else None))
+        self.fusable_attention = True
+        return len(self.layers())
 
     # ---- LoRA hooks -----------------------------------------------------------
     def _projection_parent(self, layer: int, which: str) -> tuple[nn.Module, str]:
