@@ -36,12 +36,13 @@ import numpy as np
 import onnx
 
 from export.fusion import export_copy, fused_op_counts, optimise_graph
-from export.onnx import export_full_with_placeholders, export_pattern, placeholder_raw, sequence_axes
+from export.onnx import export_full_with_placeholders, export_pattern, sequence_axes
 from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tolerance, torch_outputs,
                              validate_graph)
 from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
+from runtime.modality_spec import placeholder_recipe
 from runtime.patterns import Pattern, all_patterns
 from runtime.preprocess import FILE_KEYS
 
@@ -478,4 +479,4 @@ def _baseline(tmp: Path, model: Any, cfg: BuildConfig) -> tuple[list[GraphEntry]
     info = export_full_with_placeholders(model, path, exporter=cfg.exporter)  # type: ignore[arg-type]
     entry = GraphEntry(all_patterns(model.modalities)[0].key, "fp32", relpath(path, tmp), sha256_file(path),
                        info.size_bytes, info.inputs, info.outputs, export_time_s=round(info.seconds, 3))
-    return [entry], {m: placeholder_raw(s.preprocess) for m, s in model.info.modalities.items()}
+    return [entry], {m: placeholder_recipe(s.preprocess) for m, s in model.info.modalities.items()}

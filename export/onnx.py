@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from runtime.manifest import TensorSpec
+from runtime.modality_spec import placeholder_raw
 from runtime.patterns import all_patterns
 from runtime.preprocess import make_preprocessor
 
@@ -186,37 +187,13 @@ def _quiet_loggers() -> Any:
 
 
 # ---- the papers' baseline: the full graph with placeholders (benchmark only) ----------------
-def placeholder_raw(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The papers' placeholder for a missing modality, as a raw-input recipe (JSON, for the manifest).
-
-    image: an all-zero picture; text: the empty string; audio/timeseries: all-zero frames of
-    the longest length the model was trained with (a silent clip of full length).
-    """
-    kind = spec["type"]
-    if kind == "image":
-        h, w = spec["size"]
-        return {"kind": "zeros", "shape": [int(h), int(w), int(spec.get("channels", 1))], "dtype": "float32"}
-    if kind == "text":
-        return {"kind": "text", "value": ""}
-    width = int(spec.get("n_features", spec.get("n_channels", 0)) or spec.get("mfcc", {}).get("n_mfcc", 0))
-    if spec.get("input") == "waveform":
-        return {"kind": "zeros", "shape": [int(spec.get("sample_rate", 16000))], "dtype": "float32"}
-    return {"kind": "zeros", "shape": [int(spec.get("max_frames") or 8), width], "dtype": "float32"}
-
-
-def make_placeholder(recipe: Mapping[str, Any]) -> Any:
-    if recipe["kind"] == "text":
-        return recipe["value"]
-    return np.zeros(recipe["shape"], dtype=recipe.get("dtype", "float32"))
-
-
 def placeholder_inputs(model: Any, batch: int = 3, base_dir: Path | None = None) -> tuple[Tensor, ...]:
     """Preprocessed placeholders of every modality, in the full branch's input order."""
     full = model.pattern_module(all_patterns(model.modalities)[0])
     arrays: dict[str, np.ndarray] = {}
     for m in full.modalities:
         spec = model.info.modalities[m].preprocess
-        out = make_preprocessor(spec, base_dir)([make_placeholder(placeholder_raw(spec))] * batch)
+        out = make_preprocessor(spec, base_dir)([placeholder_raw(spec)] * batch)
         arrays.update({f"{m}.{k}": v for k, v in out.items()})
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in full.input_names)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime.manifest import GraphEntry, Manifest
+from runtime.modality_spec import raw_from_recipe
 from runtime.patterns import Pattern
 from runtime.preprocess import make_preprocessor
 
@@ -42,13 +43,6 @@ def synthetic_raw(spec: dict[str, Any], seed: int = 0) -> Any:
     return rng.standard_normal((seq, width)).astype(np.float32)
 
 
-def placeholder_raw(recipe: dict[str, Any]) -> Any:
-    """The manifest's placeholder recipe (same rule as export.onnx.make_placeholder, torch-free)."""
-    if recipe["kind"] == "text":
-        return recipe["value"]
-    return np.zeros(recipe["shape"], dtype=recipe.get("dtype", "float32"))
-
-
 class Inputs:
     """Preprocessed feeds per modality and batch size, cached; cast to each graph's input dtypes."""
 
@@ -61,7 +55,7 @@ class Inputs:
     def modality(self, m: str, batch: int, placeholder: bool = False) -> dict[str, np.ndarray]:
         key = (m, batch, placeholder)
         if key not in self._cache:
-            raw = placeholder_raw(self.manifest.placeholders[m]) if placeholder else self.raw[m]
+            raw = raw_from_recipe(self.manifest.placeholders[m]) if placeholder else self.raw[m]
             self._cache[key] = {f"{m}.{k}": v for k, v in self.pre[m]([raw] * batch).items()}
         return self._cache[key]
 

@@ -12,7 +12,7 @@ import torch
 import export.build as build_mod
 from export.build import BuildConfig, build_bundle
 from export.cli import main as cli_main
-from export.onnx import make_placeholder
+from runtime.modality_spec import raw_from_recipe
 from export.tensorrt import TensorRTUnavailable, _profile_shapes, require_tensorrt
 from export.validate import ParityError, Tolerance, ort_session
 from export_fixtures import save_run, tiny
@@ -58,7 +58,7 @@ def test_placeholder_baseline_runs_from_the_manifest_alone(tmp_path: Path) -> No
     assert m.placeholders["image"] == {"kind": "zeros", "shape": [8, 8, 1], "dtype": "float32"}
     feeds = {}
     for name, entry in m.modalities.items():  # torch-free: recipe + bundled preprocessing
-        raw = make_placeholder(m.placeholders[name])
+        raw = raw_from_recipe(m.placeholders[name])
         out = make_preprocessor(entry.preprocess, bundle)([raw, raw])
         feeds.update({f"{name}.{k}": v for k, v in out.items()})
     got = ort_session(bundle / base.file).run(None, feeds)
