@@ -36,7 +36,7 @@ def test_one_run_per_eta_on_masked_train_val_test(tmp_path: Path) -> None:
     for split in data.splits:
         assert any(len(s.inputs) == 1 for s in masked.split(split)) and all(s.inputs for s in masked.split(split))
     base = TrainConfig(method="mla", dataset="tiny2", unimodal_dir=tmp_path / "unimodal", runs_dir=tmp_path / "runs",
-                       epochs=2, warmup_epochs=0, batch_size=8, progress=False, lr=0.05)
+                       epochs=2, warmup_epochs=0, batch_size=8, progress=False, lr=0.005)
     result = independent_missing_runs(base, etas=(0.5,), mask_seed=0, dataset=data)
     row = result["etas"]["0.5"]
     assert row["test"]["num_samples"] == 16

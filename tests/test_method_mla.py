@@ -50,7 +50,7 @@ def _model(**config: object):  # noqa: ANN202
     data = make_dataset(2, n_train=16)
     info = DatasetInfo.from_dataset(data)
     model = build_method("mla", info, make_encoders(info), {"encoders": "frozen", "alpha_schedule": "constant",
-                                                            "alpha": 0.5, "momentum": 0.0, "weight_decay": 0.0,
+                                                            "alpha": 0.5, "momentum": 0.0, "weight_decay": 0.0, "lr_scale": 1.0,
                                                             **config})
     return model, Collate(info.modalities, info.task, info.num_classes)(data.split("train"))
 
