@@ -195,6 +195,7 @@ def train_loop(
         loader = loader_for(epoch)
         model.train()
         losses: list[float] = []
+        extras: dict[str, list[float]] = {}  # a train_step's other scalar logs, averaged per epoch
         lr_first = scheduler.get_last_lr()[0]
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and accelerator.is_local_main_process))
@@ -211,11 +212,15 @@ def train_loop(
             scheduler.step()
             step += 1
             losses.append(float(logs["loss"]))
+            for key, value in logs.items():
+                if key != "loss":
+                    extras.setdefault(key, []).append(float(value))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         scores = validate(model)
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                   "lr_first": lr_first, "lr": scheduler.get_last_lr()[0], "steps": step,
-                  "batches": len(losses), **{f"val_{k}": v for k, v in scores.items()}}
+                  "batches": len(losses), **{f"train_{k}": float(np.mean(v)) for k, v in extras.items()},
+                  **{f"val_{k}": v for k, v in scores.items()}}
         result.history.append(record)
         better = scores.get(metric, -math.inf) > result.best_score
         if cfg.keep == "last" or better:
