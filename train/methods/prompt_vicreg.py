@@ -169,7 +169,6 @@ def encode_with_prompts(encoder: nn.Module, inputs: dict[str, Tensor], prompts: 
 class PromptVICReg(MultimodalModel):
     config_class = PromptVICRegConfig
     uses_unimodal_heads = True
-    # A batch without rows having both s and t leaves pred_{s->t} (and its prompts) unused.
 
     def __init__(self, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: PromptVICRegConfig) -> None:
         super().__init__(info, encoders, config)

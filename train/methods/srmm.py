@@ -233,7 +233,6 @@ def s1_order(batch: Batch, modalities: Sequence[str], generator: torch.Generator
 @register("srmm")
 class SRMM(MultimodalModel):
     config_class = SRMMConfig
-    # An S-3 (or S-2) unimodal step leaves the other modalities' adapters unused.
 
     def __init__(self, info: DatasetInfo, encoders: Mapping[str, nn.Module], config: SRMMConfig) -> None:
         super().__init__(info, encoders, config)
