@@ -71,6 +71,8 @@ class AblationConfig:
     threads: int | None = None  # torch threads; None leaves torch's default
     note: str = ""  # why the defaults were changed, say; copied into results.json and the report
     progress: bool = True
+    select: str = "patterns"  # checkpoint selection (train.engine.validation.SELECTIONS)
+    pretrain_task: str = "labels"  # what missing unimodal encoders are pretrained on (train.data.pretrain_tasks)
 
 
 def settings(cfg: AblationConfig) -> dict[str, Any]:
@@ -115,12 +117,13 @@ def ensure_unimodal(cfg: AblationConfig, data: MultimodalDataset, udir: Path, ep
             print(f"[ablation] no {m!r} encoder in {udir}: pretraining it ({epochs} epochs, limit {limit})", flush=True)
             pretrain_unimodal(UnimodalConfig(dataset=cfg.dataset, modality=m, out=udir / m, epochs=epochs,
                                              seed=cfg.data_seed, limit=limit, data_dir=cfg.data_dir,
-                                             runs_dir=cfg.runs_dir, progress=cfg.progress))
+                                             runs_dir=cfg.runs_dir, progress=cfg.progress,
+                                             pretrain_task=cfg.pretrain_task))
         metrics_path = udir / m / "metrics.json"
         if metrics_path.is_file():
             um = read_unimodal(udir / m)
             out[m] = {k: um.get(k) for k in ("test", "num_samples", "epochs", "train_wall_time_s",
-                                             "encoder_parameters", "pretrained_from")}
+                                             "encoder_parameters", "pretrained_from", "pretrain_task", "labels")}
             out[m]["limit"] = um.get("config", {}).get("limit")
     return out
 
@@ -151,7 +154,7 @@ def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int
     started = time.perf_counter()
     tc = TrainConfig(method=method, dataset=cfg.dataset, out=run_dir, unimodal_dir=udir, epochs=eff["epochs"],
                      warmup_epochs=eff["warmup_epochs"], batch_size=cfg.batch_size, seed=seed, limit=eff["limit"],
-                     data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, progress=cfg.progress)
+                     data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, progress=cfg.progress, select=cfg.select)
     metrics = train_method(tc, dataset=data)  # the dataset is passed: its subset stays the data_seed one
     train_time = metrics["train_wall_time_s"]
     reused = metrics.get("resumed_from_epoch") == eff["epochs"] - 1
@@ -171,6 +174,8 @@ def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int
         "method": method, "seed": seed, "dir": str(run_dir),
         "test_by_pattern": metrics["test_by_pattern"], "sweep": sweep,
         "parameters": metrics["parameters"], "best_epoch": metrics["best_epoch"], "best_val": metrics["best_val"],
+        "optimizer_steps": metrics.get("optimizer_steps"), "select": metrics.get("select"),
+        "unimodal_pretrain_task": metrics.get("unimodal_pretrain_task"),
         "resumed_from_epoch": metrics.get("resumed_from_epoch"), "reused_finished_run": reused,
         "history": metrics.get("history"),
         "wall_time_s": {"train": train_time, "eval_patterns": metrics["eval_wall_time_s"], "sweep": sweep_time,
