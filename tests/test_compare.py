@@ -141,3 +141,34 @@ def test_tiny_compare_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: py
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reused from") == 4
+
+
+@pytest.mark.slow
+def test_tiny_compare_lee_grid_export_and_latency(tmp_path: Path) -> None:
+    from train.recipes.compare import CompareConfig, run_compare
+
+    save_unimodal(tmp_path / "unimodal")
+    data = make_dataset(2, n_train=12, n_test=9)
+    cfg = CompareConfig(dataset="tiny2", methods=["late-fusion"], seeds=[0], epochs=1, warmup_epochs=0, batch_size=6,
+                        sweep=False, lee=True, export=True, latency_runs=5, latency_warmup=1,
+                        out=tmp_path / "compare", unimodal_dir=tmp_path / "unimodal", runs_dir=tmp_path / "runs",
+                        report=tmp_path / "docs" / "results.md", progress=False)
+    results = run_compare(cfg, dataset=data)
+    lee = results["runs"][0]["lee"]
+    assert sorted(lee["cases"]) == ["missing-audio", "missing-both", "missing-image"]
+    assert lee["three_case_average"] == pytest.approx(sum(lee["grid"][c][c] for c in lee["cases"]) / 3)
+    assert all(Path(d).is_relative_to(tmp_path / "compare" / "late-fusion" / "seed0" / "lee")
+               for d in lee["runs"].values())  # per run, never over runs/<dataset>/
+    lat = results["latency"]["late-fusion"]
+    assert set(lat["latency_batch1"]) == {"fp32", "int8"}
+    assert set(lat["latency_batch1"]["fp32"]) == {FULL, *MISSING}
+    p = lat["latency_batch1"]["int8"]["audio"]
+    assert 0 < p["p50_ms"] <= p["p90_ms"] and p["n"] == 5
+    assert lat["bundle_bytes"] > lat["graph_bytes"]["fp32"] > lat["graph_bytes"]["int8"] > 0
+    assert lat["machine"]["onnxruntime"]
+    row = results["leaderboard"][0]
+    assert row["p50_ms"]["fp32"][FULL] == lat["latency_batch1"]["fp32"][FULL]["p50_ms"]
+    assert row["lee_three_case"]["mean"] == pytest.approx(lee["three_case_average"])
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert (tmp_path / "docs" / "figures" / "tiny2-compare-latency.png").stat().st_size > 1000
+    assert "Latency measured on" in text
