@@ -172,3 +172,23 @@ def test_tiny_compare_lee_grid_export_and_latency(tmp_path: Path) -> None:
     text = (tmp_path / "docs" / "results.md").read_text()
     assert (tmp_path / "docs" / "figures" / "tiny2-compare-latency.png").stat().st_size > 1000
     assert "Latency measured on" in text
+
+
+def test_coarse_pretraining_on_av_digits_is_recorded_down_to_the_method_run(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from train.recipes.method import TrainConfig, train_method
+    from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal
+
+    udir = tmp_path / "unimodal-coarse-parity"
+    for m in ("image", "audio"):
+        metrics = pretrain_unimodal(UnimodalConfig(dataset="av-digits", modality=m, out=udir / m, size="tiny",
+                                                   epochs=1, batch_size=16, limit=40, progress=False,
+                                                   pretrain_task="coarse-parity"))
+        assert metrics["pretrain_task"] == "coarse-parity" and metrics["labels"] == ["even", "odd"]
+        assert json.loads((udir / m / "modality.json").read_text())["pretrain_task"] == "coarse-parity"
+        assert load_file(str(udir / m / "head.safetensors"))["weight"].shape[0] == 2  # two coarse classes
+    run = train_method(TrainConfig(method="late-fusion", dataset="av-digits", out=tmp_path / "run", unimodal_dir=udir,
+                                   epochs=1, warmup_epochs=0, batch_size=16, limit=40, progress=False))
+    assert run["unimodal_pretrain_task"] == "coarse-parity"
+    assert len(json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]["labels"]) == 10
