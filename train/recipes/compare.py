@@ -186,9 +186,9 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
         rdir = out / method / f"seed{seed}"
         rec = prev_runs.get((method, seed))
         if rec is not None and (rdir / "model.safetensors").is_file():
-            print(f"[compare] {i}/{total} {method} seed {seed}: reused from {out / RESULTS}", flush=True)
+            print(f"[{cfg.label}] {i}/{total} {method} seed {seed}: reused from {out / RESULTS}", flush=True)
         else:
-            print(f"[compare] {i}/{total} {method} seed {seed}: training -> {rdir}", flush=True)
+            print(f"[{cfg.label}] {i}/{total} {method} seed {seed}: training -> {rdir}", flush=True)
             rec = run_one(cfg, dataset, method, seed, rdir, udir, eff, None)
             rec["sweep_auc"] = sweep_auc(rec["sweep"]) if rec.get("sweep") else None
             if cfg.lee:
@@ -196,11 +196,11 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
             rec["signature"] = sig
         runs.append(rec)
         scores = ", ".join(f"{k} {v[metric]:.4f}" for k, v in rec["test_by_pattern"].items())
-        print(f"[compare] {dataset.name} {method} seed {seed}: {scores} (train {rec['wall_time_s']['train']:.0f} s)",
+        print(f"[{cfg.label}] {dataset.name} {method} seed {seed}: {scores} (train {rec['wall_time_s']['train']:.0f} s)",
               flush=True)
         results = save()
         if cfg.export and seed == cfg.seeds[0] and method not in latency:
-            print(f"[compare] exporting {method} seed {seed} (fp32, int8) and timing each pattern at batch 1",
+            print(f"[{cfg.label}] exporting {method} seed {seed} (fp32, int8) and timing each pattern at batch 1",
                   flush=True)
             latency[method] = export_and_time(cfg, dataset, method, rdir, out / method / "bundle", seed)
             results = save()
@@ -222,7 +222,7 @@ def extra_sections(cfg: CompareConfig, data: MultimodalDataset, runs: list[dict[
     same_labels = cfg.pretrain_task == "labels"
     uni = ({m: u["test"][metric] for m, u in unimodal.items() if u.get("test") and metric in u["test"]}
            if same_labels else None)
-    return {"kind": "compare", "label": cfg.label, "pretrain_task": cfg.pretrain_task, "select": cfg.select,
+    return {"kind": cfg.label, "label": cfg.label, "pretrain_task": cfg.pretrain_task, "select": cfg.select,
             "signature": sig, "lee_eta": cfg.eta if cfg.lee else None,
             "latency": {m: latency[m] for m in cfg.methods if m in latency},
             "leaderboard": leaderboard(runs, latency, metric, [p.key for p in all_patterns(modalities)]),
