@@ -85,6 +85,14 @@ def _figures(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     return lines
 
 
+def lee_text(results: Mapping[str, Any]) -> str:
+    eta = results.get("lee_eta")
+    if eta is None:
+        return "not run for these results (--no-lee)"
+    return (f"the Lee et al. grid at eta = {round(100 * eta)}%, train and test under the same case, averaged over "
+            "the three cases")
+
+
 def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     eff, ns, mach = results["effective"], results["num_samples"], results.get("machine", {})
     seeds = sorted({s for r in results["leaderboard"] for s in r["seeds"]})
@@ -108,9 +116,8 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     lines += ["### Leaderboard", "",
               f"Test {results['metric']} (%), mean ± sample sd over seeds; each pattern through its own branch with "
               "the other modalities withheld. Sweep AUC: the missing-rate sweep's mean over x, averaged over its "
-              f"directions. Lee 3-case avg: the Lee et al. grid at eta = "
-              f"{round(100 * (results.get('lee_eta') or 0))}%, train and test under the same case, averaged over "
-              "the three cases. Latency: the first seed's bundle, onnxruntime CPU, batch 1.", "",
+              f"directions. Lee 3-case avg: {lee_text(results)}. Latency: the first seed's bundle, onnxruntime "
+              "CPU, batch 1.", "",
               leaderboard_table(results), ""]
     lines += _figures(results, out_dir)
     lat = next(iter((results.get("latency") or {}).values()), None)
