@@ -15,7 +15,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Train each METHOD (default: every registered one) with each SEED on the same frozen unimodal encoders "
             "and data subset, checkpoint chosen on every pattern's validation metric (--select patterns). Per run: "
-            "per-pattern test metric, the missing-rate sweep, the Lee et al. eta=70%% train x test grid, parameters, "
+            "per-pattern test metric, the missing-rate sweep, the Lee et al. eta=70% train x test grid, parameters, "
             "optimiser steps and training time. For the first seed of each method: an fp32 + int8 bundle, its size "
             "and per-pattern onnxruntime latency at batch 1. Writes runs/<dataset>/compare[-<pretrain task>]/"
             "results.json after every run (re-running resumes) and regenerates docs/results.md with the leaderboard, "
@@ -32,7 +32,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="default: per dataset (reduced) or 10 (--full)")
     p.add_argument("--warmup-epochs", type=int, default=None, help="default: 1 (reduced) or 5 (--full)")
     p.add_argument("--limit", type=int, default=None, help="cap per split (default: per dataset; all with --full)")
-    p.add_argument("--batch-size", type=int, default=32, help="the CMPT paper uses 8")
+    p.add_argument("--batch-size", type=int, default=8, help="the CMPT paper's batch size")
     p.add_argument("--data-seed", type=int, default=0, help="draws the --limit subset; fixed across seeds")
     p.add_argument("--full", action="store_true", help="all data and the paper's epochs")
     p.add_argument("--select", default="patterns", choices=("patterns", "complete", "last"),
