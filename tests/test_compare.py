@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+# Imported before any test patches train.data.registry.load_dataset: train.recipes.unimodal binds
+# load_dataset by name at import, and must keep the real one for the av-digits test below.
+import train.recipes.compare  # noqa: F401
 from test_multimodal import save_unimodal
 from tiny_multimodal import make_dataset
 from train.data.pretrain_tasks import DIGITS, relabel_for_pretraining
