@@ -6,6 +6,7 @@ import sys
 
 from runtime.cli import is_missing_dependency, missing_extra_message
 from train.cli.ablation import add_ablation_parsers
+from train.cli.compare import add_compare_parser
 from train.cli.eval import add_eval_parser
 from train.cli.train import add_run_parser, add_unimodal_parser
 
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_eval_parser(sub)
     add_ablation_parsers(sub)
+    add_compare_parser(sub)
     return parser
 
 

@@ -38,6 +38,9 @@ def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 1e-3 scratch, 5e-5 pretrained)")
     p.add_argument("--min-steps", type=int, default=300,
                    help="lengthen a run that would make fewer optimiser steps (small data sets); 0 keeps --epochs")
+    p.add_argument("--pretrain-task", default="labels", choices=("labels", "coarse-parity", "coarse-mod3"),
+                   help="what the head learns: the dataset's labels, or (av-digits) digit parity / digit mod 3, "
+                        "so that the multimodal methods trained on these frozen encoders have headroom")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
     p.set_defaults(func=_run_unimodal)
 
@@ -50,7 +53,8 @@ def _run_unimodal(args: argparse.Namespace) -> int:
     cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out, encoder=args.encoder,
                          size=args.size, hidden_size=args.hidden_size, patch_size=args.patch_size, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
-                         data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume, min_steps=args.min_steps)
+                         data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume, min_steps=args.min_steps,
+                         pretrain_task=args.pretrain_task)
     metrics = pretrain_unimodal(cfg)
     if process_state().is_main_process:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in metrics["test"].items())

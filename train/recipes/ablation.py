@@ -6,6 +6,9 @@ with every seed on the same frozen unimodal encoders and the same data subset:
     runs/<dataset>/ablation/<method>/seed<k>/   one train_method run each (reused when finished)
     runs/<dataset>/ablation/results.json        per-run numbers, mean ± sd, verdicts, machine, config
 
+The runs x seeds engine (settings, unimodal pretraining, one run, the summary) lives here and
+train.recipes.compare drives it; ``run_ablation`` is the comparison's three-method preset.
+
 Only the training seed varies: the ``limit`` subset is drawn once with ``data_seed``, so
 seeds differ in initialisation, dropout and batch order, never in data.
 """
@@ -18,7 +21,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +31,6 @@ import torch
 
 from runtime.patterns import Pattern, all_patterns
 from train.reporting.ablation_stats import ROLES, aggregate_runs, verdicts
-from train.engine.checkpoint import write_json_atomic
 from train.data.types import MultimodalDataset
 from train.engine.metrics import headline
 from train.recipes.method import TrainConfig, collate_for, train_method
@@ -71,6 +73,8 @@ class AblationConfig:
     threads: int | None = None  # torch threads; None leaves torch's default
     note: str = ""  # why the defaults were changed, say; copied into results.json and the report
     progress: bool = True
+    select: str = "patterns"  # checkpoint selection (train.engine.validation.SELECTIONS)
+    pretrain_task: str = "labels"  # what missing unimodal encoders are pretrained on (train.data.pretrain_tasks)
 
 
 def settings(cfg: AblationConfig) -> dict[str, Any]:
@@ -115,12 +119,13 @@ def ensure_unimodal(cfg: AblationConfig, data: MultimodalDataset, udir: Path, ep
             print(f"[ablation] no {m!r} encoder in {udir}: pretraining it ({epochs} epochs, limit {limit})", flush=True)
             pretrain_unimodal(UnimodalConfig(dataset=cfg.dataset, modality=m, out=udir / m, epochs=epochs,
                                              seed=cfg.data_seed, limit=limit, data_dir=cfg.data_dir,
-                                             runs_dir=cfg.runs_dir, progress=cfg.progress))
+                                             runs_dir=cfg.runs_dir, progress=cfg.progress,
+                                             pretrain_task=cfg.pretrain_task))
         metrics_path = udir / m / "metrics.json"
         if metrics_path.is_file():
             um = read_unimodal(udir / m)
             out[m] = {k: um.get(k) for k in ("test", "num_samples", "epochs", "train_wall_time_s",
-                                             "encoder_parameters", "pretrained_from")}
+                                             "encoder_parameters", "pretrained_from", "pretrain_task", "labels")}
             out[m]["limit"] = um.get("config", {}).get("limit")
     return out
 
@@ -136,22 +141,13 @@ def _command() -> str:
     return " ".join([prog, shlex.join(sys.argv[1:])])
 
 
-def _previous_runs(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    try:
-        return {(r["method"], r["seed"]): r for r in json.loads(path.read_text()).get("runs", [])}
-    except (ValueError, KeyError):
-        return {}
-
-
 def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int, run_dir: Path, udir: Path,
             eff: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
     """Train (or reuse) one run, evaluate every pattern and the sweep; returns its record."""
     started = time.perf_counter()
     tc = TrainConfig(method=method, dataset=cfg.dataset, out=run_dir, unimodal_dir=udir, epochs=eff["epochs"],
                      warmup_epochs=eff["warmup_epochs"], batch_size=cfg.batch_size, seed=seed, limit=eff["limit"],
-                     data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, progress=cfg.progress)
+                     data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, progress=cfg.progress, select=cfg.select)
     metrics = train_method(tc, dataset=data)  # the dataset is passed: its subset stays the data_seed one
     train_time = metrics["train_wall_time_s"]
     reused = metrics.get("resumed_from_epoch") == eff["epochs"] - 1
@@ -171,6 +167,8 @@ def run_one(cfg: AblationConfig, data: MultimodalDataset, method: str, seed: int
         "method": method, "seed": seed, "dir": str(run_dir),
         "test_by_pattern": metrics["test_by_pattern"], "sweep": sweep,
         "parameters": metrics["parameters"], "best_epoch": metrics["best_epoch"], "best_val": metrics["best_val"],
+        "optimizer_steps": metrics.get("optimizer_steps"), "select": metrics.get("select"),
+        "unimodal_pretrain_task": metrics.get("unimodal_pretrain_task"),
         "resumed_from_epoch": metrics.get("resumed_from_epoch"), "reused_finished_run": reused,
         "history": metrics.get("history"),
         "wall_time_s": {"train": train_time, "eval_patterns": metrics["eval_wall_time_s"], "sweep": sweep_time,
@@ -206,39 +204,14 @@ def summarise(cfg: AblationConfig, data: MultimodalDataset, runs: Sequence[dict[
 def run_ablation(cfg: AblationConfig, dataset: MultimodalDataset | None = None) -> dict[str, Any]:
     """Train every method x seed, evaluate, aggregate, judge; writes and returns results.json's content.
 
-    ``dataset`` skips loading (tests); otherwise ``cfg.dataset`` is loaded once with ``data_seed``.
+    The comparison (train.recipes.compare) restricted to ``cfg``'s methods, without the Lee grid,
+    the export and the report: one engine, two presets. ``dataset`` skips loading (tests).
     """
-    from train.methods import get_method
+    from train.recipes.compare import CompareConfig, run_compare
 
-    for m in cfg.methods:
-        get_method(m)  # fail on a typo before any training
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    eff = settings(cfg)
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    if dataset is None:
-        from train.data.registry import load_dataset
-
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=eff["limit"], seed=cfg.data_seed)
-    out = ablation_dir(cfg)
-    udir = cfg.unimodal_dir or run_dir(cfg.runs_dir, cfg.dataset, "unimodal")
-    unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
-    notes: list[str] = []
-    previous = _previous_runs(out / RESULTS)
-    runs: list[dict[str, Any]] = []
-    for method in cfg.methods:
-        for seed in cfg.seeds:
-            rec = run_one(cfg, dataset, method, seed, out / method / f"seed{seed}", udir, eff,
-                          previous.get((method, seed)))
-            runs.append(rec)
-            scores = ", ".join(f"{k} {v[headline(dataset.task)]:.4f}" for k, v in rec["test_by_pattern"].items())
-            print(f"[ablation] {dataset.name} {method} seed {seed}: {scores} "
-                  f"(train {rec['wall_time_s']['train']:.0f} s)", flush=True)
-            # Written after every run: a long ablation shows progress and survives an interruption.
-            results = summarise(cfg, dataset, runs, eff, unimodal, started_at, time.perf_counter() - t0, notes)
-            write_json_atomic(out / RESULTS, results)
-    return results
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(AblationConfig)}
+    return run_compare(CompareConfig(**{**fields, "out": ablation_dir(cfg)}, lee=False, export=False, report=None,
+                                     label="ablation"), dataset=dataset)
 
 
 def read_results(path: Path) -> dict[str, Any]:

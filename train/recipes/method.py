@@ -84,6 +84,7 @@ class UnimodalArtefacts:
     encoders: dict[str, torch.nn.Module]
     specs: dict[str, ModalitySpec]  # the preprocessing each encoder was trained with
     heads: dict[str, torch.nn.Linear] | None  # only when asked for (``MultimodalModel.uses_unimodal_heads``)
+    pretrain_task: str = "labels"  # what the encoders' heads learnt (train.data.pretrain_tasks)
 
 
 def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], num_classes: int
@@ -109,7 +110,7 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False)
     """The pretrained encoder of every modality, the preprocessing it was trained with, and its head."""
     from train.encoders import load_encoder
 
-    encoders, specs = {}, {}
+    encoders, specs, tasks = {}, {}, {}
     for m, spec in data.modalities.items():
         enc_dir = directory / m / "encoder"
         if not (enc_dir / "config.json").is_file():
@@ -124,8 +125,25 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False)
                 raise ValueError(f"{meta_path} is a {meta['type']!r} modality but {data.name!r} has {m!r} as {spec.type!r}")
             # Normalisation statistics the encoder was trained with (a different --limit refits them).
             spec = ModalitySpec(m, spec.type, dict(meta.get("preprocess", spec.preprocess)))
+            tasks[m] = meta.get("pretrain_task", "labels")
         specs[m] = spec
-    return UnimodalArtefacts(encoders, specs, load_unimodal_heads(directory, encoders, data.num_classes) if heads else None)
+    task = pretrain_task_of(tasks, directory)
+    if heads and task != "labels":
+        raise ValueError(f"the unimodal encoders in {directory} were pretrained on {task!r}, so their heads predict "
+                         f"{task} classes, not {data.name!r}'s {data.num_classes} labels; this method uses the "
+                         "unimodal heads (uses_unimodal_heads): pretrain with `mmedge train unimodal "
+                         "--pretrain-task labels` (or pass such a --unimodal-dir), or pick a method without heads")
+    return UnimodalArtefacts(encoders, specs, load_unimodal_heads(directory, encoders, data.num_classes) if heads else None,
+                             task)
+
+
+def pretrain_task_of(tasks: dict[str, str], directory: Path) -> str:
+    """The one pretraining task of every modality's encoder (runs without the field: ``labels``)."""
+    found = sorted(set(tasks.values())) or ["labels"]
+    if len(found) > 1:
+        raise ValueError(f"the unimodal encoders in {directory} were pretrained on different tasks {tasks}; "
+                         "re-pretrain them with one --pretrain-task")
+    return found[0]
 
 
 
@@ -219,6 +237,7 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         "test_as_given": as_given,  # test samples grouped by the pattern they actually have
         "parameters": model.parameter_counts(),
         "encoder_adaptation": model.encoder_adaptation,
+        "unimodal_pretrain_task": phase1.pretrain_task,
         "select": cfg.select,
         "best_epoch": result.best_epoch, "best_val": result.best_score, "epochs": budget.epochs,
         "warmup_epochs": budget.warmup_epochs, "batch_size": budget.batch_size, "budget_note": budget.note, "near_chance_warning": warning,

@@ -24,6 +24,7 @@ from torch import nn
 
 from train.engine.batches import Batch, Collate
 from train.engine.checkpoint import atomic_dir, write_json_atomic
+from train.data.pretrain_tasks import relabel_for_pretraining
 from train.data.registry import load_dataset
 from train.data.types import MultimodalDataset, Task
 from train.encoders import ModalityEncoder, build_encoder, default_encoder_config, load_encoder, minilm_dir
@@ -61,10 +62,18 @@ class UnimodalConfig:
     progress: bool = True
     val_fraction: float = 0.1  # carved out of train, stratified and seeded, when the data has no val split
     min_steps: int = 0  # lengthen a run that would make fewer optimiser steps (train.engine.budget); CLI: 300
+    # What the head learns: the downstream labels, or a coarser task (train.data.pretrain_tasks) that
+    # leaves the multimodal methods something to learn.
+    pretrain_task: str = "labels"
+
+
+def unimodal_folder(pretrain_task: str = "labels") -> str:
+    """runs/<dataset>/<this>: ``unimodal`` for same-label pretraining, ``unimodal-<task>`` otherwise."""
+    return "unimodal" if pretrain_task == "labels" else f"unimodal-{pretrain_task}"
 
 
 def unimodal_run_dir(cfg: UnimodalConfig) -> Path:
-    return run_dir(cfg.runs_dir, cfg.dataset, "unimodal") / cfg.modality
+    return run_dir(cfg.runs_dir, cfg.dataset, unimodal_folder(cfg.pretrain_task)) / cfg.modality
 
 
 class UnimodalClassifier(nn.Module):
@@ -104,7 +113,8 @@ def _make_encoder(cfg: UnimodalConfig, data: MultimodalDataset) -> tuple[Modalit
 def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     """Train, evaluate on test, save the encoder; returns the metrics written to metrics.json."""
     seed_everything(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+    data = relabel_for_pretraining(load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed),
+                                   cfg.pretrain_task)
     if cfg.modality not in data.modalities:
         raise ValueError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
     out = cfg.out or unimodal_run_dir(cfg)
@@ -129,6 +139,7 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     started = time.perf_counter()
     metrics = {
         "dataset": data.name, "modality": cfg.modality, "modality_type": spec.type, "task": data.task,
+        "pretrain_task": cfg.pretrain_task, "labels": list(data.labels),
         "pretrained_from": cfg.encoder or (str(minilm_dir()) if spec.type == "text" else None),
         "num_samples": {k: len(v) for k, v in has.items()}, "val_carved_from_train": carved,
         "test": task_metrics(data.task, test_logits, test_labels),
@@ -145,7 +156,8 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
             encoder.save_pretrained(tmp)
         save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
         write_json_atomic(out / "modality.json", {"name": spec.name, "type": spec.type, "preprocess": spec.preprocess,
-                                                  "labels": data.labels, "task": data.task})
+                                                  "labels": data.labels, "task": data.task,
+                                                  "pretrain_task": cfg.pretrain_task})
         metrics["save_time_s"] = round(time.perf_counter() - started, 2)
         write_json_atomic(out / "metrics.json", metrics)
     state.wait_for_everyone()

@@ -119,3 +119,51 @@ def plot_lee_grid(result: Mapping[str, Any], path: Path, title: str | None = Non
     eta = round(100 * result["eta"])
     ax.set_title(title or f"{result['method']} on {result['dataset']}: Lee et al. grid, eta = {eta}%", fontsize=11)
     return save_figure(fig, path)
+
+
+def plot_pattern_bars(rows: list[Mapping[str, Any]], patterns: list[str], path: Path, metric: str,
+                      title: str) -> Path:
+    """Grouped bars: one group per availability pattern, one bar per method (mean, seed-sd error bar)."""
+    import numpy as np
+
+    if not rows:
+        raise ValueError("plot_pattern_bars needs at least one leaderboard row")
+    width = 0.8 / len(rows)
+    x = np.arange(len(patterns))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(patterns) * max(1, len(rows)) / 2), 4.2))
+    for k, row in enumerate(rows):
+        means = [100 * (row["patterns"][p]["mean"] or 0.0) for p in patterns]
+        sds = [100 * (row["patterns"][p]["sd"] or 0.0) for p in patterns]
+        ax.bar(x - 0.4 + width * (k + 0.5), means, width, yerr=sds, capsize=2, label=row["method"])
+    ax.set_xticks(x, list(patterns))
+    ax.set_xlabel("modalities available at test")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_accuracy_latency(rows: list[Mapping[str, Any]], path: Path, metric: str, title: str,
+                          precision: str = "fp32") -> Path:
+    """One point per method and pattern: p50 batch-1 latency (x) against the test metric (y)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    plotted = 0
+    for k, row in enumerate(rows):
+        lat = (row.get("p50_ms") or {}).get(precision) or {}
+        pts = [(lat[p], 100 * row["patterns"][p]["mean"]) for p in lat if p in row["patterns"]]
+        if not pts:
+            continue
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[k % len(MARKERS)], label=row["method"])
+        for (xv, yv), p in zip(pts, [p for p in lat if p in row["patterns"]]):
+            ax.annotate(p, (xv, yv), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        plotted += 1
+    if not plotted:
+        plt.close(fig)
+        raise ValueError("no method has latency numbers (the export was skipped)")
+    ax.set_xlabel(f"p50 latency at batch 1, {precision} onnxruntime CPU (ms)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return save_figure(fig, path)

@@ -1,0 +1,197 @@
+"""`mmedge train compare`: coarse pretraining labels, the claim verdicts both ways, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Imported before any test patches train.data.registry.load_dataset: train.recipes.unimodal binds
+# load_dataset by name at import, and must keep the real one for the av-digits test below.
+import train.recipes.compare  # noqa: F401
+from test_multimodal import save_unimodal
+from tiny_multimodal import make_dataset
+from train.data.pretrain_tasks import DIGITS, relabel_for_pretraining
+from train.data.types import MultimodalDataset, Sample
+from train.reporting.claims import FAILS, HOLDS, NOT_RUN, WITHIN, claim_verdicts, cmpt_claim, gap_status, srmm_claim
+from train.reporting.compare_stats import curve_auc
+
+FULL, MISSING = "audio+image", ["audio", "image"]
+
+
+def digits_dataset() -> MultimodalDataset:
+    tiny = make_dataset(2)
+    samples = [Sample(f"d{d}", {}, d) for d in range(10)]
+    return MultimodalDataset("digits", "single-label", list(DIGITS), tiny.modalities, {"train": samples})
+
+
+def test_coarse_relabelling_by_hand() -> None:
+    data = digits_dataset()
+    parity = relabel_for_pretraining(data, "coarse-parity")
+    assert parity.labels == ["even", "odd"]
+    assert [s.label for s in parity.split("train")] == [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    mod3 = relabel_for_pretraining(data, "coarse-mod3")
+    assert mod3.num_classes == 3 and [s.label for s in mod3.split("train")] == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+    assert [s.label for s in data.split("train")] == list(range(10))  # the original is left alone
+    assert relabel_for_pretraining(data, "labels") is data
+    with pytest.raises(ValueError, match="digits 0-9"):
+        relabel_for_pretraining(make_dataset(2), "coarse-parity")  # tiny2's classes are c0..c2
+    with pytest.raises(ValueError, match="unknown pretraining task"):
+        relabel_for_pretraining(data, "coarse-mod7")
+
+
+def per_seed(means: dict[str, dict[str, float]], spread: float = 0.01) -> dict[str, Any]:
+    """Claims input: three seeds at mean - spread, mean, mean + spread for each method and pattern."""
+    return {m: {"patterns": {k: [v - spread, v, v + spread] for k, v in pats.items()}, "sweep": None,
+                "lee_three_case": None} for m, pats in means.items()}
+
+
+def pats(full: float, single: float) -> dict[str, float]:
+    return {FULL: full, "audio": single, "image": single}
+
+
+def test_gap_status_uses_the_seed_spread() -> None:
+    assert gap_status(0.05, 0.01) == HOLDS and gap_status(-0.05, 0.01) == FAILS and gap_status(0.005, 0.01) == WITHIN
+
+
+def test_cmpt_claim_holds_fails_and_is_within_the_spread() -> None:
+    holds = per_seed({"late-fusion": pats(0.9, 0.3), "modality-dropout": pats(0.9, 0.5), "cmpt": pats(0.9, 0.7)})
+    v = cmpt_claim(holds, FULL, MISSING)
+    assert v["status"] == HOLDS
+    assert v["numbers"]["audio: cmpt > dropout"]["gap"] == pytest.approx(0.2)
+    assert v["numbers"]["audio: cmpt > dropout"]["spread"] == pytest.approx(0.01)
+    fails = per_seed({"late-fusion": pats(0.9, 0.3), "modality-dropout": pats(0.9, 0.7), "cmpt": pats(0.9, 0.5)})
+    assert cmpt_claim(fails, FULL, MISSING)["status"] == FAILS
+    close = per_seed({"late-fusion": pats(0.9, 0.50), "modality-dropout": pats(0.9, 0.505),
+                      "cmpt": pats(0.9, 0.51)})
+    assert cmpt_claim(close, FULL, MISSING)["status"] == WITHIN
+    # A loss with every modality present fails the claim even when the ordering is clear.
+    loss = per_seed({"late-fusion": pats(0.9, 0.3), "modality-dropout": pats(0.9, 0.5), "cmpt": pats(0.8, 0.7)})
+    assert cmpt_claim(loss, FULL, MISSING)["status"] == FAILS
+
+
+def test_srmm_claim_on_degradation_and_unregistered_methods_are_not_run() -> None:
+    # late fusion loses 0.6 when a modality goes missing, SRMM 0.1: holds; the reverse fails.
+    data = per_seed({"late-fusion": pats(0.9, 0.3), "srmm": pats(0.9, 0.8)})
+    assert srmm_claim(data, FULL, MISSING)["status"] == HOLDS
+    data = per_seed({"late-fusion": pats(0.9, 0.8), "srmm": pats(0.9, 0.3)})
+    assert srmm_claim(data, FULL, MISSING)["status"] == FAILS
+    verdicts = claim_verdicts(per_seed({"late-fusion": pats(0.9, 0.3), "cmpt": pats(0.9, 0.7)}), FULL, MISSING,
+                              None, {"audio": 0.8, "image": 0.8})
+    assert [v["status"] for v in verdicts] == [NOT_RUN] * 5
+    assert "modality-dropout" in verdicts[0]["reason"] and "ume-mma" in verdicts[2]["reason"]
+
+
+def test_ume_claim_against_the_unimodal_ceiling_and_late_fusion() -> None:
+    from train.reporting.claims import ume_claim
+
+    data = per_seed({"late-fusion": pats(0.9, 0.3), "ume-mma": pats(0.9, 0.80)})
+    assert ume_claim(data, MISSING, {"audio": 0.8, "image": 0.8})["status"] == HOLDS  # at the ceiling, 50 above LF
+    assert ume_claim(data, MISSING, {"audio": 0.9, "image": 0.9})["status"] == FAILS  # 10 points below
+    # 1.5 points below the ceiling sits on the claim's tolerance: within the 1-point seed spread.
+    assert ume_claim(data, MISSING, {"audio": 0.815, "image": 0.815})["status"] == WITHIN
+    assert ume_claim(data, MISSING, None)["status"] == NOT_RUN  # coarse pretraining: no comparable ceiling
+
+
+def test_curve_auc_is_the_mean_over_the_swept_range() -> None:
+    assert curve_auc([0, 50, 100], [0.2, 0.6, 1.0]) == pytest.approx(0.6)
+    assert curve_auc([0, 100], [0.5, 0.5]) == pytest.approx(0.5)
+
+
+def test_unimodal_heads_refused_on_coarse_pretrained_encoders(tmp_path: Path) -> None:
+    from train.recipes.method import load_unimodal
+
+    save_unimodal(tmp_path / "unimodal")
+    for m in ("audio", "image"):
+        meta = json.loads((tmp_path / "unimodal" / m / "modality.json").read_text())
+        (tmp_path / "unimodal" / m / "modality.json").write_text(json.dumps({**meta, "pretrain_task": "coarse-parity"}))
+    data = make_dataset(2)
+    assert load_unimodal(data, tmp_path / "unimodal").pretrain_task == "coarse-parity"  # no heads: fine
+    with pytest.raises(ValueError, match="uses_unimodal_heads"):
+        load_unimodal(data, tmp_path / "unimodal", heads=True)
+
+
+def test_tiny_compare_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import train.data.registry as registry
+    from train.cli import main
+
+    save_unimodal(tmp_path / "unimodal")
+    monkeypatch.setattr(registry, "load_dataset", lambda *a, **k: make_dataset(2, n_train=12, n_test=9))
+    out, report = tmp_path / "compare", tmp_path / "docs" / "results.md"
+    argv = ["compare", "--dataset", "tiny2", "--methods", "late-fusion,cmpt", "--seeds", "0,1", "--epochs", "1",
+            "--warmup-epochs", "0", "--batch-size", "6", "--sweep-fractions", "0,50,100", "--no-lee", "--no-export",
+            "--out", str(out), "--unimodal-dir", str(tmp_path / "unimodal"), "--runs-dir", str(tmp_path / "runs"),
+            "--report", str(report)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "compare" and results["pretrain_task"] == "labels" and results["select"] == "patterns"
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [("late-fusion", 0), ("late-fusion", 1),
+                                                                  ("cmpt", 0), ("cmpt", 1)]
+    run = results["runs"][0]
+    assert run["optimizer_steps"]["total"] == 2 and run["unimodal_pretrain_task"] == "labels"
+    assert 0.0 <= run["sweep_auc"]["mean"] <= 1.0 and run["parameters"]["learnable"] > 0
+    board = {r["method"]: r for r in results["leaderboard"]}
+    assert set(board) == {"late-fusion", "cmpt"} and board["cmpt"]["patterns"][FULL]["n"] == 2
+    assert [c["status"] for c in results["claims"]] == [NOT_RUN] * 5  # neither claim's methods all ran
+    text = report.read_text()
+    assert text.startswith("# Results") and "### Leaderboard" in text and "same-label pretraining" in text
+    assert "| cmpt |" in text and "**not run**" in text
+    assert (report.parent / "figures" / "tiny2-compare-patterns.png").stat().st_size > 1000
+    assert "export was skipped" in text
+    # Re-running with the same settings reuses every record instead of training again.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused from") == 4
+
+
+@pytest.mark.slow
+def test_tiny_compare_lee_grid_export_and_latency(tmp_path: Path) -> None:
+    from train.recipes.compare import CompareConfig, run_compare
+
+    save_unimodal(tmp_path / "unimodal")
+    data = make_dataset(2, n_train=12, n_test=9)
+    cfg = CompareConfig(dataset="tiny2", methods=["late-fusion"], seeds=[0], epochs=1, warmup_epochs=0, batch_size=6,
+                        sweep=False, lee=True, export=True, latency_runs=5, latency_warmup=1,
+                        out=tmp_path / "compare", unimodal_dir=tmp_path / "unimodal", runs_dir=tmp_path / "runs",
+                        report=tmp_path / "docs" / "results.md", progress=False)
+    results = run_compare(cfg, dataset=data)
+    lee = results["runs"][0]["lee"]
+    assert sorted(lee["cases"]) == ["missing-audio", "missing-both", "missing-image"]
+    assert lee["three_case_average"] == pytest.approx(sum(lee["grid"][c][c] for c in lee["cases"]) / 3)
+    assert all(Path(d).is_relative_to(tmp_path / "compare" / "late-fusion" / "seed0" / "lee")
+               for d in lee["runs"].values())  # per run, never over runs/<dataset>/
+    lat = results["latency"]["late-fusion"]
+    assert set(lat["latency_batch1"]) == {"fp32", "int8"}
+    assert set(lat["latency_batch1"]["fp32"]) == {FULL, *MISSING}
+    p = lat["latency_batch1"]["int8"]["audio"]
+    assert 0 < p["p50_ms"] <= p["p90_ms"] and p["n"] == 5
+    assert lat["bundle_bytes"] > lat["graph_bytes"]["fp32"] > lat["graph_bytes"]["int8"] > 0
+    assert lat["machine"]["onnxruntime"]
+    row = results["leaderboard"][0]
+    assert row["p50_ms"]["fp32"][FULL] == lat["latency_batch1"]["fp32"][FULL]["p50_ms"]
+    assert row["lee_three_case"]["mean"] == pytest.approx(lee["three_case_average"])
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert (tmp_path / "docs" / "figures" / "tiny2-compare-latency.png").stat().st_size > 1000
+    assert "Latency measured on" in text
+
+
+def test_coarse_pretraining_on_av_digits_is_recorded_down_to_the_method_run(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from train.recipes.method import TrainConfig, train_method
+    from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal
+
+    udir = tmp_path / "unimodal-coarse-parity"
+    for m in ("image", "audio"):
+        metrics = pretrain_unimodal(UnimodalConfig(dataset="av-digits", modality=m, out=udir / m, size="tiny",
+                                                   epochs=1, batch_size=16, limit=40, progress=False,
+                                                   pretrain_task="coarse-parity"))
+        assert metrics["pretrain_task"] == "coarse-parity" and metrics["labels"] == ["even", "odd"]
+        assert json.loads((udir / m / "modality.json").read_text())["pretrain_task"] == "coarse-parity"
+        assert load_file(str(udir / m / "head.safetensors"))["weight"].shape[0] == 2  # two coarse classes
+    run = train_method(TrainConfig(method="late-fusion", dataset="av-digits", out=tmp_path / "run", unimodal_dir=udir,
+                                   epochs=1, warmup_epochs=0, batch_size=16, limit=40, progress=False))
+    assert run["unimodal_pretrain_task"] == "coarse-parity"
+    assert len(json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]["labels"]) == 10

@@ -1,0 +1,132 @@
+"""The comparison's part of docs/results.md: leaderboard, bar chart, accuracy-vs-latency scatter, claim verdicts.
+
+Rendered from a compare results.json (train.recipes.compare) only; nothing here is written by hand.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from train.reporting.claims import claim_line
+
+REGIMES = {
+    "labels": "same-label pretraining: the frozen unimodal encoders were pretrained on the downstream labels, "
+              "so single-modality accuracy starts at the unimodal ceiling",
+    "coarse-parity": "coarse-label pretraining: the frozen unimodal encoders were pretrained on digit parity "
+                     "(2 classes), never on the ten digits the methods are trained for",
+    "coarse-mod3": "coarse-label pretraining: the frozen unimodal encoders were pretrained on digit mod 3 "
+                   "(3 classes), never on the ten digits the methods are trained for",
+}
+
+
+def _pct(stat: Mapping[str, Any] | None, digits: int = 2) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    text = f"{stat['mean'] * 100:.{digits}f}"
+    return text if stat.get("sd") is None else f"{text} ± {stat['sd'] * 100:.{digits}f}"
+
+
+def regime(results: Mapping[str, Any]) -> str:
+    task = results.get("pretrain_task", "labels")
+    return "same-label pretraining" if task == "labels" else f"coarse-label pretraining ({task})"
+
+
+def compare_title(results: Mapping[str, Any]) -> str:
+    return (f"{results['dataset']}: all methods, {regime(results)}, {results['size']} size, "
+            f"{results['effective']['epochs']} epochs ({results.get('_label', 'compare')})")
+
+
+def _ms(values: Mapping[str, float] | None, patterns: list[str]) -> str:
+    if not values:
+        return "–"
+    return " / ".join(f"{values[p]:.2f}" if p in values else "–" for p in patterns)
+
+
+def leaderboard_table(results: Mapping[str, Any]) -> str:
+    patterns = results["patterns"]
+    head = ("| method | mean over patterns | " + " | ".join(f"`{p}`" for p in patterns) +
+            " | sweep AUC | Lee 3-case avg | learnable params | optimiser steps | train s | "
+            f"p50 ms fp32 ({' / '.join(patterns)}) | p50 ms int8 | bundle MB (fp32 + int8) |")
+    rows = [head, "|" + " --- |" * (len(patterns) + 10)]
+    for r in results["leaderboard"]:
+        params = r.get("parameters") or {}
+        steps = r["optimizer_steps"].get("mean")
+        train_s = r["train_s"].get("mean")
+        p50 = r.get("p50_ms") or {}
+        size = f"{r['bundle_bytes'] / 1e6:.2f}" if r.get("bundle_bytes") else "–"
+        if r.get("degraded"):
+            size += f" (degraded: {', '.join(r['degraded'])})"
+        rows.append(
+            f"| {r['method']} | {_pct(r['mean_over_patterns'])} | " +
+            " | ".join(_pct(r["patterns"][p]) for p in patterns) +
+            f" | {_pct(r['sweep_auc'])} | {_pct(r['lee_three_case'])} | {params.get('learnable', 0):,} | "
+            f"{'–' if steps is None else round(steps)} | {'–' if train_s is None else round(train_s)} | "
+            f"{_ms(p50.get('fp32'), patterns)} | {_ms(p50.get('int8'), patterns)} | {size} |")
+    return "\n".join(rows)
+
+
+def _figures(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+    from train.reporting.plots import plot_accuracy_latency, plot_pattern_bars
+
+    stem = f"{results['dataset']}-{results.get('_label', 'compare')}"
+    rows, metric = results["leaderboard"], results["metric"]
+    lines = []
+    bars = plot_pattern_bars(rows, results["patterns"], out_dir / "figures" / f"{stem}-patterns.png", metric,
+                             f"{compare_title(results)}: test {metric} per pattern (mean ± seed sd)")
+    lines += [f"![{metric} per pattern and method]({os.path.relpath(bars, out_dir)})", ""]
+    if any((r.get("p50_ms") or {}).get("fp32") for r in rows):
+        scatter = plot_accuracy_latency(rows, out_dir / "figures" / f"{stem}-latency.png", metric,
+                                        f"{results['dataset']} ({regime(results)}): {metric} vs batch-1 latency")
+        lines += [f"![{metric} against latency]({os.path.relpath(scatter, out_dir)})", ""]
+    else:
+        lines += ["Accuracy-vs-latency scatter: no latency numbers (the export was skipped for these results).", ""]
+    return lines
+
+
+def lee_text(results: Mapping[str, Any]) -> str:
+    eta = results.get("lee_eta")
+    if eta is None:
+        return "not run for these results (--no-lee)"
+    return (f"the Lee et al. grid at eta = {round(100 * eta)}%, train and test under the same case, averaged over "
+            "the three cases")
+
+
+def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
+    eff, ns, mach = results["effective"], results["num_samples"], results.get("machine", {})
+    seeds = sorted({s for r in results["leaderboard"] for s in r["seeds"]})
+    task = results.get("pretrain_task", "labels")
+    lines = [f"## {compare_title(results)}", "",
+             f"**{REGIMES.get(task, task)}.** {results['task']} task, modalities {', '.join(results['modalities'])}; "
+             f"{ns['train']}/{ns['val']}/{ns['test']} train/val/test samples (limit {eff['limit']}, data seed "
+             f"{results['data_seed']}), {eff['epochs']} epochs with {eff['warmup_epochs']} warm-up, batch "
+             f"{results['config'].get('batch_size')}, checkpoint selected on `--select "
+             f"{results.get('select', 'patterns')}`, training seeds {', '.join(map(str, seeds))}. "
+             f"Trained on {mach.get('cpu', '?')} ({mach.get('cores_usable', '?')} cores usable, "
+             f"{mach.get('gpu') or mach.get('device', 'cpu')}) in {results['wall_time_s'] / 60:.1f} min "
+             f"(this invocation), finished {results.get('finished_at', '?')}. Command: `{results.get('command', '?')}`.",
+             ""]
+    lines += [f"> {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
+    uni = results.get("unimodal") or {}
+    if uni:
+        lines += ["Unimodal encoders (frozen in every method), their own linear heads on test: " + "; ".join(
+            f"{m} {u['test'].get(results['metric'], float('nan')) * 100:.2f}% on "
+            f"{u.get('pretrain_task') or 'labels'}" for m, u in uni.items() if u.get("test")) + ".", ""]
+    lines += ["### Leaderboard", "",
+              f"Test {results['metric']} (%), mean ± sample sd over seeds; each pattern through its own branch with "
+              "the other modalities withheld. Sweep AUC: the missing-rate sweep's mean over x, averaged over its "
+              f"directions. Lee 3-case avg: {lee_text(results)}. Latency: the first seed's bundle, onnxruntime "
+              "CPU, batch 1.", "",
+              leaderboard_table(results), ""]
+    lines += _figures(results, out_dir)
+    lat = next(iter((results.get("latency") or {}).values()), None)
+    if lat:
+        m = lat.get("machine", {})
+        lines += [f"Latency measured on {m.get('cpu_model', '?')} ({m.get('cpu_affinity', '?')} cores usable, "
+                  f"onnxruntime {m.get('onnxruntime', '?')}, {lat['settings']['threads']} thread, "
+                  f"{lat['settings']['runs']} runs after {lat['settings']['warmup']} warm-up).", ""]
+    lines += ["### Verdicts on the papers' claims", "",
+              "Each verdict compares means; a gap not larger than the larger seed sd of the two arms is "
+              "*within the seed spread*.", "", *[claim_line(v) for v in results.get("claims", [])], ""]
+    return lines
