@@ -189,7 +189,9 @@ def test_options_optimizer_and_adaptation() -> None:
     model = build_method("ume-mma", info, make_encoders(info))
     assert model.encoder_adaptation == "full"
     # A frame encoder's BERT word embeddings are never used: frozen instead of an idle "learnable" weight.
-    assert model.unused_encoder_parameters == ["audio.backbone.embeddings.word_embeddings.weight"]
+    # the one weight no input reaches (the audio encoder's BERT word embeddings) stays frozen (adapt_encoders)
+    assert [n for n, p in model.encoders["audio"].named_parameters() if not p.requires_grad] == [
+        "backbone.embeddings.word_embeddings.weight"]
     opt = model.make_optimizer([p for p in model.parameters() if p.requires_grad], LoopConfig(lr=1e-3))
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
     frozen = build_method("ume-mma", info, make_encoders(info), {"freeze_encoders": True})

@@ -117,12 +117,17 @@ def adapt_encoders(encoders: Mapping[str, nn.Module], mode: str, *, lora_rank: i
 
     frozen: none. lora: none of the pretrained weights, plus rank-r LoRA on q, k, v, o of
     every layer. bitfit: only the bias terms (Zaken et al.; every parameter whose name ends
-    in ``bias``, LayerNorm biases included). full: every weight.
+    in ``bias``, LayerNorm biases included). full: every weight an input can reach (the word
+    embeddings of an encoder without token inputs stay frozen).
     """
     if mode not in ADAPTATIONS:
         raise ValueError(f"unknown encoder adaptation {mode!r}; choose one of {list(ADAPTATIONS)}")
     for enc in encoders.values():
         enc.requires_grad_(mode == "full")
+        if mode == "full":
+            for name, param in enc.named_parameters():
+                if unread_parameter(enc, name):
+                    param.requires_grad_(False)
         if mode == "bitfit":
             for name, param in enc.named_parameters():
                 param.requires_grad_(name.endswith("bias"))
@@ -130,6 +135,12 @@ def adapt_encoders(encoders: Mapping[str, nn.Module], mode: str, *, lora_rank: i
             from train.modules.lora import inject_lora
 
             inject_lora(enc, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout)
+
+
+def unread_parameter(encoder: nn.Module, name: str) -> bool:
+    """A weight no input can reach: the BERT word embeddings of an encoder fed frames or patches
+    (no ``input_ids``). Trainable, it would get no gradient and only decay under weight decay."""
+    return "word_embeddings" in name and "input_ids" not in getattr(encoder, "input_names", ("input_ids",))
 
 
 def freeze_and_adapt(encoders: Mapping[str, nn.Module], rank: int, alpha: float, dropout: float) -> None:
@@ -287,7 +298,8 @@ class MultimodalModel(nn.Module):
         """How the pretrained encoders train: frozen, lora, bitfit or full (derived from requires_grad)."""
         from train.modules.lora import LoRALinear
 
-        params = [(n, p) for e in self.encoders.values() for n, p in e.named_parameters()]
+        params = [(n, p) for e in self.encoders.values() for n, p in e.named_parameters()
+                  if not unread_parameter(e, n)]
         if any(isinstance(mod, LoRALinear) for e in self.encoders.values() for mod in e.modules()):
             return "lora"
         trainable = [n for n, p in params if p.requires_grad]

@@ -143,19 +143,6 @@ def entropy_fuse(task: Task, logits: Sequence[Tensor], features: Sequence[Tensor
     return fused, embedding  # type: ignore[return-value]
 
 
-def freeze_unread_embeddings(encoders: Mapping[str, nn.Module]) -> None:
-    """Freeze BERT word embeddings of encoders fed ``inputs_embeds`` (no ``input_ids``): nothing reads them.
-
-    Left trainable under full fine-tuning they would get no gradient and only decay.
-    """
-    for enc in encoders.values():
-        if "input_ids" in getattr(enc, "input_names", ()):
-            continue
-        for name, param in enc.named_parameters():
-            if "word_embeddings" in name:
-                param.requires_grad_(False)
-
-
 @register("mla")
 class MLA(MultimodalModel):
     config_class = MLAConfig
@@ -169,17 +156,10 @@ class MLA(MultimodalModel):
             raise ValueError(f"alpha must be > 0 (Eq. 5's denominator), got {config.alpha}")
         adapt_encoders(self.encoders, config.encoders, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
                        lora_dropout=config.lora_dropout)
-        freeze_unread_embeddings(self.encoders)
         self.head = nn.Linear(hidden, self.num_classes)
         # Buffers, so that a resumed run continues the same projection (checkpoints hold buffers).
         self.register_buffer("hgm_p", torch.eye(hidden))
         self.register_buffer("hgm_steps", torch.zeros((), dtype=torch.long))
-
-    @property
-    def encoder_adaptation(self) -> str:
-        mode = super().encoder_adaptation
-        # Full fine-tuning minus the never-read word embeddings (freeze_unread_embeddings) is still "full".
-        return "full" if mode == "partial" and self.config.encoders == "full" else mode
 
     # ---- forward ---------------------------------------------------------------------------
     def features(self, modality: str, inputs: dict[str, Tensor]) -> Tensor:

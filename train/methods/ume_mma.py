@@ -136,30 +136,6 @@ def fuse_features(features: Sequence[Tensor], concat: bool, count: Tensor | floa
     return total / count
 
 
-def freeze_unused(encoders: Mapping[str, nn.Module], placeholders: Mapping[str, PlaceholderInputs]) -> list[str]:
-    """Freeze, and name ("<modality>.<parameter>"), the trainable encoder weights the output does not depend on.
-
-    Found by one backward pass of the placeholder (which inputs reach which weights is structural).
-    """
-    frozen: list[str] = []
-    for m, enc in encoders.items():
-        named = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
-        if not named:
-            continue
-        mode = enc.training
-        enc.eval()  # no dropout draw: building the model leaves the RNG where it was
-        try:
-            out = enc(placeholders[m].batch(1))[:, 0].sum()
-        finally:
-            enc.train(mode)
-        grads = torch.autograd.grad(out, [p for _, p in named], allow_unused=True)
-        for (n, p), g in zip(named, grads):
-            if g is None:
-                p.requires_grad_(False)
-                frozen.append(f"{m}.{n}")
-    return frozen
-
-
 @register("ume-mma")
 class UMEMMA(MultimodalModel):
     config_class = UMEMMAConfig
@@ -181,19 +157,6 @@ class UMEMMA(MultimodalModel):
         self.placeholders = nn.ModuleDict({
             m: PlaceholderInputs(make_preprocessor(info.modalities[m].preprocess)([placeholder_raw(
                 info.modalities[m].preprocess)])) for m in self.modalities})
-        # Weights no input reaches (a frame encoder's BERT word embeddings) would count as learnable
-        # and sit in the optimiser without a gradient: they stay frozen.
-        self.unused_encoder_parameters = [] if config.freeze_encoders else freeze_unused(self.encoders, self.placeholders)
-
-    @property
-    def encoder_adaptation(self) -> str:
-        mode = super().encoder_adaptation
-        if mode == "partial" and self.unused_encoder_parameters:
-            trainable = {f"{m}.{n}" for m, e in self.encoders.items() for n, p in e.named_parameters() if p.requires_grad}
-            every = {f"{m}.{n}" for m, e in self.encoders.items() for n, _ in e.named_parameters()}
-            if every - trainable == set(self.unused_encoder_parameters):
-                return "full"
-        return mode
 
     def load_unimodal_heads(self, heads: Mapping[str, nn.Module]) -> None:
         for m in self.modalities:
