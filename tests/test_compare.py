@@ -1,6 +1,8 @@
 """`mmedge train compare`: coarse pretraining labels, the claim verdicts both ways, and a tiny end-to-end run."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,12 @@ def test_tiny_compare_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: py
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reused from") == 4
+    # A narrower invocation reuses its run and keeps the others' records in results.json.
+    assert main([*argv[:3], "--methods", "cmpt", "--seeds", "1", *argv[7:]]) == 0
+    assert capsys.readouterr().out.count("reused from") == 1
+    again = json.loads((out / "results.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in again["runs"]) == sorted((r["method"], r["seed"])
+                                                                          for r in results["runs"])
 
 
 @pytest.mark.slow
@@ -156,7 +164,13 @@ def test_tiny_compare_lee_grid_export_and_latency(tmp_path: Path) -> None:
                         sweep=False, lee=True, export=True, latency_runs=5, latency_warmup=1,
                         out=tmp_path / "compare", unimodal_dir=tmp_path / "unimodal", runs_dir=tmp_path / "runs",
                         report=tmp_path / "docs" / "results.md", progress=False)
+    # First without the grid and the export; the second call adds the grid to the same run.
+    first = run_compare(dataclasses.replace(cfg, lee=False, export=False), dataset=data)
+    assert "lee" not in first["runs"][0] and first["lee_eta"] is None
+    mtime = (tmp_path / "compare" / "late-fusion" / "seed0" / "model.safetensors").stat().st_mtime_ns
     results = run_compare(cfg, dataset=data)
+    assert (tmp_path / "compare" / "late-fusion" / "seed0" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert results["lee_eta"] == 0.7
     lee = results["runs"][0]["lee"]
     assert sorted(lee["cases"]) == ["missing-audio", "missing-both", "missing-image"]
     assert lee["three_case_average"] == pytest.approx(sum(lee["grid"][c][c] for c in lee["cases"]) / 3)

@@ -13,7 +13,10 @@ bundle, its size on disk, and per-pattern onnxruntime latency at batch 1. Layout
         results.json                    every number, aggregates, claim verdicts, machines, config
 
 results.json is rewritten after every run and every export, so an interrupted comparison
-resumes where it stopped: a run whose record matches the current settings is not redone.
+resumes where it stopped: a run whose record matches the current settings is not redone. The
+Lee grid is an add-on to a run record (its own eta recorded), so ``--no-lee`` first and the grid
+later trains only the grid. Records of methods or seeds left out of this invocation (``--methods``,
+``--seeds``) stay in results.json and in the report.
 The ablation (train.recipes.ablation) is this comparison restricted to three methods, without
 the Lee grid and the export.
 """
@@ -77,9 +80,13 @@ def resolve_methods(cfg: CompareConfig) -> list[str]:
 
 
 def signature(cfg: CompareConfig, eff: dict[str, Any]) -> dict[str, Any]:
-    """What a run record depends on: a previous record with another signature is redone."""
+    """What a run record depends on: a previous record with another signature is redone.
+
+    The Lee grid is not part of it: the grid is added to a record that lacks it (or has another
+    eta) without retraining the run itself.
+    """
     return {"effective": eff, "batch_size": cfg.batch_size, "select": cfg.select, "pretrain_task": cfg.pretrain_task,
-            "data_seed": cfg.data_seed, "sweep": cfg.sweep, "lee": cfg.lee, "eta": cfg.eta if cfg.lee else None}
+            "data_seed": cfg.data_seed, "sweep": cfg.sweep}
 
 
 def _previous(path: Path) -> dict[str, Any]:
@@ -170,6 +177,9 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
     prev = _previous(out / RESULTS)
     prev_runs = {(r["method"], r["seed"]): r for r in prev.get("runs", []) if r.get("signature") == sig}
+    # Runs this invocation does not ask for (another --methods / --seeds) are kept, not dropped.
+    wanted = {(m, s) for m in methods for s in cfg.seeds}
+    kept = [r for k, r in prev_runs.items() if k not in wanted]
     # A bundle is reused only when it was exported from a run trained under the same settings.
     latency = {m: r for m, r in (prev.get("latency") or {}).items()
                if cfg.export and r.get("signature") == sig and Path(r.get("bundle", "")).is_dir()}
@@ -178,8 +188,9 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     total = len(methods) * len(cfg.seeds)
 
     def save() -> dict[str, Any]:
-        results = summarise(cfg, dataset, runs, eff, unimodal, started_at, time.perf_counter() - t0, [])
-        results.update(extra_sections(cfg, dataset, runs, unimodal, latency, sig))
+        every = runs + kept
+        results = summarise(cfg, dataset, every, eff, unimodal, started_at, time.perf_counter() - t0, [])
+        results.update(extra_sections(cfg, dataset, every, unimodal, latency, sig))
         write_json_atomic(out / RESULTS, results)
         return results
 
@@ -193,9 +204,10 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
             print(f"[{cfg.label}] {i}/{total} {method} seed {seed}: training -> {rdir}", flush=True)
             rec = run_one(cfg, dataset, method, seed, rdir, udir, eff, None)
             rec["sweep_auc"] = sweep_auc(rec["sweep"]) if rec.get("sweep") else None
-            if cfg.lee:
-                rec["lee"] = lee_for_run(cfg, dataset, method, seed, rdir, udir, eff)
             rec["signature"] = sig
+        if cfg.lee and (rec.get("lee") or {}).get("eta") != cfg.eta:
+            print(f"[{cfg.label}] {i}/{total} {method} seed {seed}: Lee et al. grid at eta {cfg.eta}", flush=True)
+            rec["lee"] = lee_for_run(cfg, dataset, method, seed, rdir, udir, eff)
         runs.append(rec)
         scores = ", ".join(f"{k} {v[metric]:.4f}" for k, v in rec["test_by_pattern"].items())
         print(f"[{cfg.label}] {dataset.name} {method} seed {seed}: {scores} (train {rec['wall_time_s']['train']:.0f} s)",
@@ -214,6 +226,12 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     return results
 
 
+def lee_etas(runs: list[dict[str, Any]]) -> float | list[float] | None:
+    """The eta of the runs' Lee grids: one number, a list when records disagree, None without a grid."""
+    etas = sorted({r["lee"]["eta"] for r in runs if r.get("lee")})
+    return None if not etas else etas[0] if len(etas) == 1 else etas
+
+
 def extra_sections(cfg: CompareConfig, data: MultimodalDataset, runs: list[dict[str, Any]], unimodal: dict[str, Any],
                    latency: dict[str, Any], sig: dict[str, Any]) -> dict[str, Any]:
     """What the comparison adds to the ablation's summary: leaderboard, claims, latency, regime."""
@@ -226,7 +244,7 @@ def extra_sections(cfg: CompareConfig, data: MultimodalDataset, runs: list[dict[
     uni = ({m: u["test"][metric] for m, u in unimodal.items() if u.get("test") and metric in u["test"]}
            if same_labels else None)
     return {"kind": cfg.label, "label": cfg.label, "pretrain_task": cfg.pretrain_task, "select": cfg.select,
-            "signature": sig, "lee_eta": cfg.eta if cfg.lee else None,
+            "signature": sig, "lee_eta": lee_etas(runs),
             "latency": {m: latency[m] for m in cfg.methods if m in latency},
             "leaderboard": leaderboard(runs, latency, metric, [p.key for p in all_patterns(modalities)]),
             "claims": claim_verdicts(cdata, full, missing, fractions, uni)}

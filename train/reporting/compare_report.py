@@ -89,6 +89,9 @@ def lee_text(results: Mapping[str, Any]) -> str:
     eta = results.get("lee_eta")
     if eta is None:
         return "not run for these results (--no-lee)"
+    if isinstance(eta, list):
+        return ("the Lee et al. grid at mixed missing rates across runs ("
+                + ", ".join(f"{round(100 * e)}%" for e in eta) + "), train and test under the same case")
     return (f"the Lee et al. grid at eta = {round(100 * eta)}%, train and test under the same case, averaged over "
             "the three cases")
 
