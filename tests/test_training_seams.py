@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import train.methods as methods_pkg
+import train.methods.registry as registry
 import train.methods.base as base
 from export.build import BuildConfig, build_bundle
 from runtime.manifest import load_manifest
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from train.methods.base import MultimodalModel, PatternModule, default_train_step, register, scatter_rows, task_loss
+from train.methods.base import MultimodalModel, PatternModule, default_train_step, scatter_rows, task_loss
+from train.methods.registry import register
 
 
 @dataclass
@@ -93,21 +95,21 @@ def plugin_dir(tmp_path: Path) -> Iterator[Path]:
     folder.mkdir()
     (folder / "throwaway_method.py").write_text(textwrap.dedent(PLUGIN))
     methods_pkg.__path__.append(str(folder))
-    base._DISCOVERED = False
+    registry._DISCOVERED = False
     try:
         yield folder
     finally:
         methods_pkg.__path__.remove(str(folder))
-        base._REGISTRY.pop("throwaway", None)
+        registry._REGISTRY.pop("throwaway", None)
         sys.modules.pop("train.methods.throwaway_method", None)
-        base._DISCOVERED = False
+        registry._DISCOVERED = False
 
 
 def test_a_method_file_is_discovered_listed_trained_evaluated_and_exported(
         plugin_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from train.cli import build_parser
 
-    assert "throwaway" in base.available_methods()
+    assert "throwaway" in registry.available_methods()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])
     help_text = capsys.readouterr().out
@@ -116,7 +118,7 @@ def test_a_method_file_is_discovered_listed_trained_evaluated_and_exported(
 
     save_unimodal(tmp_path / "unimodal")
     data = make_dataset(2)
-    cls = base.get_method("throwaway")
+    cls = registry.get_method("throwaway")
     cfg = TrainConfig(method="throwaway", dataset="tiny2", out=tmp_path / "run", unimodal_dir=tmp_path / "unimodal",
                       epochs=1, warmup_epochs=0, batch_size=8, progress=False)
     metrics = train_method(cfg, dataset=data)
@@ -200,11 +202,11 @@ class Scripted(base.MultimodalModel):
 
 @pytest.fixture
 def scripted() -> Iterator[None]:
-    base.register("scripted")(Scripted)
+    registry.register("scripted")(Scripted)
     try:
         yield
     finally:
-        base._REGISTRY.pop("scripted", None)
+        registry._REGISTRY.pop("scripted", None)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")

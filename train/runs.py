@@ -91,7 +91,8 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
 
 def load_run(run_dir: Path) -> Any:
     """Rebuild a trained model (eval mode) from config.json + model.safetensors; no pickle."""
-    from train.methods.base import DatasetInfo, get_method
+    from train.methods.base import DatasetInfo
+    from train.methods.registry import get_method
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)

@@ -34,7 +34,7 @@ def parse_options(items: list[str]) -> dict[str, object]:
 def methods_help() -> str:
     """Every registered method with its options and defaults, from the registry (imports torch)."""
     try:
-        from train.methods.base import available_methods, method_options, method_summary
+        from train.methods.registry import available_methods, method_options, method_summary
     except ModuleNotFoundError as err:  # a runtime-only install: no torch
         return f"(install the training extras to list the methods: {err.name} is missing)"
     lines = []

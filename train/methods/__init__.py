@@ -6,18 +6,8 @@ is one file here (plus its test) and nothing else: it calls ``@register("name")`
 model; every model exposes ``pattern_module(pattern)``, the one branch that evaluation
 runs and export traces.
 """
-from train.methods.base import (
-    DatasetInfo,
-    MultimodalModel,
-    PatternModule,
-    StepContext,
-    available_methods,
-    build_method,
-    get_method,
-    method_options,
-    pattern_inputs,
-    register,
-)
+from train.methods.base import DatasetInfo, MultimodalModel, PatternModule, StepContext, pattern_inputs
+from train.methods.registry import available_methods, build_method, get_method, method_options, register
 
 __all__ = [
     "DatasetInfo",

@@ -37,12 +37,12 @@ from train.methods.base import (
     PatternModule,
     freeze_and_adapt,
     present_matrix,
-    register,
     sample_modality_dropout,
     scatter_rows,
     shared_width,
     task_loss,
 )
+from train.methods.registry import register
 
 
 @dataclass

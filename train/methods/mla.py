@@ -69,11 +69,11 @@ from train.methods.base import (
     StepContext,
     adapt_encoders,
     present_matrix,
-    register,
     scatter_rows,
     shared_width,
     task_loss,
 )
+from train.methods.registry import register
 
 
 @dataclass

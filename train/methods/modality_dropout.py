@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.methods.base import register
+from train.methods.registry import register
 from train.methods.late_fusion import LateFusion, LateFusionConfig
 
 

@@ -74,11 +74,11 @@ from train.methods.base import (
     PatternModule,
     adapt_encoders,
     present_matrix,
-    register,
     scatter_rows,
     shared_width,
     task_loss,
 )
+from train.methods.registry import register
 
 
 @dataclass

@@ -78,9 +78,9 @@ from train.methods.base import (
     StepContext,
     adapt_encoders,
     default_train_step,
-    register,
     task_loss,
 )
+from train.methods.registry import register
 
 SWITCHING = ("s1", "s2", "s3")
 ADAPTERS = ("auto", "on", "off")

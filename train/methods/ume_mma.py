@@ -76,10 +76,10 @@ from train.methods.base import (
     PatternModule,
     adapt_encoders,
     present_matrix,
-    register,
     scatter_rows,
     task_loss,
 )
+from train.methods.registry import register
 
 
 @dataclass

@@ -71,7 +71,7 @@ def unimodal_dir(cfg: CompareConfig) -> Path:
 def resolve_methods(cfg: CompareConfig) -> list[str]:
     """``cfg.methods``, or every registered one; a typo fails before any training."""
     from train.methods import get_method
-    from train.methods.base import available_methods
+    from train.methods.registry import available_methods
 
     methods = list(cfg.methods or available_methods())
     for m in methods:

@@ -24,7 +24,8 @@ from train.engine.loop import LoopConfig, predict_logits, train_loop
 from train.engine.metrics import headline, task_metrics
 from train.engine.seeding import seed_everything
 from train.engine.validation import SELECTIONS, ensure_validation_split
-from train.methods.base import OUTPUT_NAMES, DatasetInfo, MultimodalModel, get_method
+from train.methods.base import OUTPUT_NAMES, DatasetInfo, MultimodalModel
+from train.methods.registry import get_method
 from train.runs import FORMAT_VERSION, encoder_entry, run_dir, save_run
 
 

@@ -21,7 +21,8 @@ from train.engine.batches import Collate
 from train.data.masks import apply_patterns, one_full_other_partial
 from train.data.types import MultimodalDataset, Sample, Task
 from train.engine.evaluate import evaluate_mixed
-from train.methods.base import MultimodalModel, get_method
+from train.methods.base import MultimodalModel
+from train.methods.registry import get_method
 from train.engine.metrics import headline
 from train.recipes.method import TrainConfig, collate_for, method_run_dir, mask_split, train_method
 from train import runs
