@@ -175,3 +175,20 @@ def test_demo_stream_reports_confidence_per_pattern(calibrated_bundle: Path) -> 
         assert 0.0 <= c["ece"] <= 1.0 and 0.0 <= c["abstain_coverage"] <= 1.0
     table = confidence_tables([result])
     assert "15 equal-mass bins" in table and all(k in table for k in result["patterns"])
+
+
+def test_demo_stream_never_fuses_a_previous_samples_reading(calibrated_bundle: Path) -> None:
+    """Each streamed prediction is the runtime's prediction on that sample's own delivered sensors."""
+    from train.recipes.demo_stream import stream
+
+    _, data = tiny("cmpt", 2)
+    samples = data.split("test")
+    records: list = []
+    result = stream(calibrated_bundle, samples, data.labels, "fp32", drop=0.25, stale=0.3, records=records)
+    assert result["events"]["stale"] > 0 and result["events"]["dropped"] > 0
+    rt = Runtime.load(calibrated_bundle, precision="fp32", providers=["cpu"], intra_op_threads=1)
+    for index, pattern, probs in records:
+        present = pattern.split("+")
+        direct = rt.predict({m: (samples[index].inputs[m] if m in present else None) for m in rt.modalities})
+        assert direct.pattern == pattern
+        np.testing.assert_array_equal(direct.probabilities, probs)

@@ -4,6 +4,12 @@ Each sample, every sensor independently either delivers a fresh reading, drops o
 or delivers a reading older than the hub's staleness window (it then counts as
 missing, as a fused perception stack would treat it). The runtime picks the graph of
 whatever is left. Simulated time keeps it deterministic and independent of machine load.
+
+The test set's samples are unrelated scenes, so one simulated step is longer than the
+staleness window: a sensor that drops out or delivers a stale reading at one sample never
+lends the hub its reading of the previous sample (a stale packet is older than that reading,
+so the hub keeps the previous one; with a step inside the window, the previous scene's
+reading would be fused with this scene's other sensors).
 """
 from __future__ import annotations
 
@@ -18,12 +24,19 @@ from runtime.errors import NoModalityAvailable
 from runtime.session import Runtime
 from train.data.types import Sample
 
-STEP_S = 0.1  # simulated seconds between samples
+STEP_S = 0.25  # simulated seconds between samples: longer than any max_age used here (see above)
 
 
 def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], precision: str, *, seed: int = 0,
-           drop: float = 0.25, stale: float = 0.1, max_age: float = 0.12) -> dict[str, Any]:
-    """Per-pattern accuracy and latency (ms, runtime-measured) of one precision over the stream."""
+           drop: float = 0.25, stale: float = 0.1, max_age: float = 0.12,
+           records: list[tuple[int, str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Per-pattern accuracy and latency (ms, runtime-measured) of one precision over the stream.
+
+    ``records``, when given, receives (sample index, pattern, probabilities) per prediction.
+    """
+    if not 0 < max_age < STEP_S:
+        raise ValueError(f"max_age must be in (0, {STEP_S}) s, the simulated step between unrelated samples; "
+                         f"got {max_age}")
     clock = [0.0]
     rt = Runtime.load(bundle, precision=precision, providers=["cpu"], intra_op_threads=1)
     hub = rt.sensor_hub(max_age=max_age, clock=lambda: clock[0])
@@ -32,7 +45,7 @@ def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], preci
     latency: dict[str, list[float]] = defaultdict(list)
     confidence: dict[str, list[tuple[np.ndarray, int, Any]]] = defaultdict(list)
     events = {"fresh": 0, "dropped": 0, "stale": 0, "no_sensor_left": 0}
-    for sample in samples:
+    for index, sample in enumerate(samples):
         clock[0] += STEP_S
         for name in rt.manifest.modalities:
             roll = rng.random()
@@ -50,6 +63,8 @@ def stream(bundle: Path, samples: Sequence[Sample], labels: Sequence[str], preci
         except NoModalityAvailable:  # every sensor out: the host would hold its last decision
             events["no_sensor_left"] += 1
             continue
+        if records is not None:
+            records.append((index, pred.pattern, np.asarray(pred.probabilities)))
         by_pattern[pred.pattern].append(pred.label == labels[int(sample.label)])  # type: ignore[arg-type]
         latency[pred.pattern].append(pred.timings["total_ms"])
         confidence[pred.pattern].append((pred.calibrated_probabilities if pred.calibrated_probabilities is not None
