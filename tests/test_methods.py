@@ -13,7 +13,7 @@ from train.engine.batches import Collate
 from train.engine.evaluate import evaluate_by_pattern
 from train.methods import DatasetInfo, MultimodalModel, available_methods, build_method, get_method, pattern_inputs
 from train.methods.base import sample_modality_dropout, task_loss
-from train.methods.cmpt import alignment_loss, cmpt_fuse, cmpt_fuse_masked
+from train.methods.cmpt import alignment_loss, cmpt_fuse, cmpt_fuse_masked, proxy_r2
 from train.engine.metrics import task_metrics
 
 CASES = [(method, n, p.key) for method in available_methods() for n in (2, 3)
@@ -181,6 +181,18 @@ def test_alignment_loss_eq4_on_complete_rows_only() -> None:
     assert torch.all(prox[("a", "b")].grad[1] == 0)
     detached = alignment_loss({m: t.detach().requires_grad_() for m, t in cls.items()}, prox, present, ["a", "b"], True)
     assert detached.grad_fn is not None
+
+
+def test_proxy_r2_by_hand_on_rows_with_both_modalities() -> None:
+    # Width 1, rows 0 and 2 complete, row 1 lacks b (its values must not count).
+    cls = {"a": torch.tensor([[0.0], [9.0], [4.0]]), "b": torch.tensor([[1.0], [9.0], [3.0]])}
+    prox = {("a", "b"): torch.tensor([[2.0], [-9.0], [2.0]]),  # CLS b is 1, 3 (mean 2): SSE 2, SST 2 -> R^2 0
+            ("b", "a"): torch.tensor([[0.0], [-9.0], [4.0]])}  # exactly CLS a -> R^2 1
+    present = torch.tensor([[True, True], [True, False], [True, True]])
+    assert float(proxy_r2(cls, prox, present, ["a", "b"])) == pytest.approx(0.5)
+    prox[("b", "a")] = torch.tensor([[4.0], [0.0], [0.0]])  # swapped: SSE 32, SST 8 -> R^2 -3
+    assert float(proxy_r2(cls, prox, present, ["a", "b"])) == pytest.approx((0 - 3) / 2)
+    assert proxy_r2(cls, prox, torch.tensor([[True, True], [True, False], [False, True]]), ["a", "b"]) is None
 
 
 def test_modality_dropout_is_uniform_over_nonempty_subsets() -> None:

@@ -37,6 +37,9 @@ def test_train_save_load_roundtrip(tmp_path: Path) -> None:
     assert list(metrics["test_by_pattern"]) == ["audio+image", "audio", "image"]
     assert metrics["test_as_given"]["audio+image"]["num_samples"] == len(data.split("test"))
     assert 0 < metrics["parameters"]["learnable"] < metrics["parameters"]["total"]
+    # CMPT logs its losses and the proxies' R^2 against the CLS they stand in for, per epoch.
+    assert all({"train_task_loss", "train_align_loss", "train_proxy_r2"} <= set(h) for h in metrics["history"])
+    assert all(h["train_proxy_r2"] <= 1.0 for h in metrics["history"])
     assert read_metrics(run) == json.loads(json.dumps(metrics))
     saved = json.loads((run / "config.json").read_text())
     assert saved["method"] == "cmpt" and saved["config"]["align_weight"] == 0.3

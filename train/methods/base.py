@@ -232,13 +232,13 @@ class StepContext:
 
 
 def default_train_step(batch: Batch, ctx: StepContext) -> dict[str, float]:
-    """Forward, backward, clip, one optimiser step; logs every scalar ``*loss`` output."""
+    """Forward, backward, clip, one optimiser step; logs every scalar (0-d) output (losses, diagnostics)."""
     out = ctx.forward(batch)
     ctx.backward(out["loss"])
     ctx.clip()
     ctx.optimizer.step()
     ctx.optimizer.zero_grad(set_to_none=True)
-    return {k: float(v.detach()) for k, v in out.items() if k.endswith("loss") and v.dim() == 0}
+    return {k: float(v.detach()) for k, v in out.items() if v.dim() == 0}
 
 
 # ---- the model base and registry ---------------------------------------------------

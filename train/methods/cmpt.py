@@ -20,6 +20,12 @@ Placeholders: the paper feeds a placeholder (zeros / empty text) for a modality 
 in the data, but Eq. 5 discards both its CLS and its proxy and Eq. 4 skips the sample, so
 the placeholder never reaches the loss or the prediction. Skipping the missing encoder is
 therefore the same function, minus wasted compute; that is what we do.
+
+Diagnostic (not in the paper): ``proxy_r2``, logged per epoch as ``train_proxy_r2``, is how
+much of the target CLS's variance its proxy explains, 1 - sum ||p - c||^2 / sum ||c - mean c||^2
+over the batch's rows that have both modalities (mean over ordered pairs, then over the
+epoch's batches). 1 is a perfect stand-in; 0 is no better than the batch-mean CLS; negative
+is worse than that.
 """
 from __future__ import annotations
 
@@ -122,6 +128,27 @@ def alignment_loss(cls: Mapping[str, Tensor], proxies: Mapping[tuple[str, str], 
     return total / max(1, len(modalities) - 1)
 
 
+@torch.no_grad()
+def proxy_r2(cls: Mapping[str, Tensor], proxies: Mapping[tuple[str, str], Tensor], present: Tensor,
+             modalities: Sequence[str]) -> Tensor | None:
+    """R^2 of each proxy s->t against CLS t over rows having both, averaged over the pairs with >= 2 rows.
+
+    None when no pair has two such rows (the batch is then left out of the epoch's mean).
+    """
+    values = []
+    for i, t in enumerate(modalities):
+        for j, s in enumerate(modalities):
+            if s == t or (s, t) not in proxies or t not in cls:
+                continue
+            both = present[:, i] & present[:, j]
+            if int(both.sum()) < 2:
+                continue
+            c, p = cls[t][both].float(), proxies[(s, t)][both].float()
+            sst = (c - c.mean(dim=0)).pow(2).sum()
+            values.append(1 - (p - c).pow(2).sum() / sst.clamp(min=1e-12))
+    return torch.stack(values).mean() if values else None
+
+
 @register("cmpt")
 class CMPT(MultimodalModel):
     config_class = CMPTConfig
@@ -169,6 +196,9 @@ class CMPT(MultimodalModel):
             align = alignment_loss(cls, proxies, in_data, self.modalities, self.config.detach_align_target)
             task = task_loss(self.task, logits, batch.labels)
             out.update(loss=task + self.config.align_weight * align, task_loss=task.detach(), align_loss=align.detach())
+            r2 = proxy_r2(cls, proxies, in_data, self.modalities)
+            if r2 is not None:
+                out["proxy_r2"] = r2
         return out
 
     def pattern_module(self, pattern: Pattern) -> "CMPTBranch":
