@@ -42,6 +42,22 @@ def batch_of(collate: Collate, modalities: list[str], rows: int, pattern: set[st
     return collate(samples)
 
 
+def test_read_only_prompts_do_not_read_each_other() -> None:
+    """RPO's mask: a prompt's output depends on itself and the original tokens only, never on other prompts."""
+    model, collate = model2()
+    batch = batch_of(collate, model.modalities, 4)
+    for m in model.modalities:
+        enc, inputs = model.encoders[m], batch.modalities[m].inputs
+        g = torch.Generator().manual_seed(1)
+        first, rest = torch.randn(1, enc.hidden_size, generator=g), torch.randn(K - 1, enc.hidden_size, generator=g)
+        with torch.no_grad():
+            alone = enc(inputs, prefix=first, readonly_prefix=True)[:, 0]
+            together = enc(inputs, prefix=torch.cat([first, rest]), readonly_prefix=True)[:, 0]
+            others_changed = enc(inputs, prefix=torch.cat([first, 5 * rest]), readonly_prefix=True)[:, 0]
+        torch.testing.assert_close(alone, together, atol=1e-6, rtol=1e-6)
+        assert torch.equal(together, others_changed), f"{m}: a prompt read the other prompts"
+
+
 def test_read_only_prompts_leave_cls_and_inputs_bit_identical() -> None:
     model, collate = model2()
     batch = batch_of(collate, model.modalities, 5)

@@ -65,9 +65,10 @@ def attention_bias(keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: 
     if readonly_prefix and num_prefix > 0:
         pos = torch.arange(keep.shape[1], device=keep.device)
         is_prefix = pos < num_prefix
-        # Prefix queries read everything; CLS and input queries never see prefix keys.
-        visible = is_prefix[:, None] | ~is_prefix[None, :]  # (Q, K)
-        allowed = allowed & visible[None, None, :, :]  # (B, 1, Q, K)
+        # Read-only prefix (RPO's mask): no query, prefix or original, ever sees a prefix key. Prefix
+        # queries read CLS and inputs only, so each prefix token is independent of the others.
+        visible = ~is_prefix  # (K,)
+        allowed = allowed & visible[None, None, None, :]  # (B, 1, 1, K)
     # finfo.min, not -inf: a fully masked row then softmaxes to uniform instead of NaN.
     return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)
 
@@ -77,16 +78,13 @@ def additive_attention_bias(keep: Tensor, num_prefix: int, readonly_prefix: bool
 
     Numerically identical (0 * min = 0, 1 * min = min). onnxruntime's Attention fuser matches
     exactly ``Add(scores, Mul(Sub(1, Cast(Unsqueeze(Unsqueeze(keep_2d)))), min))``; a ``Where``
-    matches none of its patterns. A read-only prefix needs a (Q, K) mask, which the fuser cannot
-    express as a 2-D key mask: that form stays unfused (but still additive).
+    matches none of its patterns. A read-only prefix hides the prefix keys from every query, so it
+    is a key mask too: it is folded into the 2-D ``keep`` first and the same fusable form follows.
     """
     low = torch.finfo(dtype).min
     if readonly_prefix and num_prefix > 0:
         pos = torch.arange(keep.shape[1], device=keep.device)
-        is_prefix = pos < num_prefix
-        visible = is_prefix[:, None] | ~is_prefix[None, :]
-        allowed = keep[:, None, None, :] & visible[None, None, :, :]
-        return (1.0 - allowed.to(dtype)) * low
+        keep = keep & (pos >= num_prefix)[None, :]
     return (1.0 - keep.unsqueeze(1).unsqueeze(2).to(dtype)) * low
 
 

@@ -5,14 +5,12 @@ Paper (M = 2) -> code:
   biases included), plus the prompts, predictors and classifiers below.
 - §4.2 read-only prompts phi_m: K learnable tokens per ordered pair (``num_prompts``, default 6, the
   paper's MM-IMDb value). The paper appends them after the input tokens, [C_m, E_m, phi_m]; our encoder
-  puts a prefix *before* CLS, ``[phi_m, C_m, E_m]``. With ``readonly_prefix=True`` (CLS and input
-  queries never see prompt keys, in every layer; prompt queries read CLS and inputs; padding keys are
-  masked) and no position embedding on the prompts, self-attention is permutation-equivariant, so
-  this is the same function as the paper's appended prompts. Consequence (tested): CLS and input
-  outputs are bit-identical for any prompt values. Deviation from METHODS.md [R] (RPO's code [23]
-  hides prompt keys from prompt queries too): the shared ``readonly_prefix`` mask blocks only
-  original -> prompt, so the prompts of one source read each other. CLS/inputs are unaffected; the
-  prompt outputs (hence the predictions) are a slightly different function from RPO's.
+  puts a prefix *before* CLS, ``[phi_m, C_m, E_m]``. With ``readonly_prefix=True`` (RPO's mask [23], as
+  METHODS.md recommends: no query, prompt or original, ever sees a prompt key, in every layer; prompt
+  queries read CLS and inputs; padding keys are masked) and no position embedding on the prompts,
+  self-attention is permutation-equivariant, so this is the same function as the paper's appended
+  prompts. Consequences (tested): CLS and input outputs are bit-identical for any prompt values, and a
+  prompt's output does not depend on the other prompts.
 - §3.1 classifier cls_m: one ``nn.Linear(d, classes)`` per modality on the final CLS C~_m [R];
   late fusion = sum of the per-modality logits [R], identical in training and at test time. The
   classifiers start from phase 1's unimodal heads (our encoders are pretrained on the task; the
@@ -50,9 +48,9 @@ encoder A with its prompts; nothing of encoder B. ``fused_embedding`` is the sum
 (true or predicted) CLS features, the vector whose per-modality classifiers sum to the logits.
 
 BEYOND PAPER (M >= 3): K prompts and one predictor per ordered pair (s, t); all (M - 1) K prompts of
-source s go through one encoder pass (read-only, so CLS is unaffected; they read each other, see the
-mask note, so a branch with any target absent feeds each present source all of its prompts, exactly
-as in training, and uses the blocks of the absent targets). For a pattern S, each absent t gets
+source s go through one encoder pass in training (read-only, so CLS is unaffected, and prompts never
+read each other, so a branch feeds each present source only the prompt blocks of the absent targets
+and gets the same outputs as training). For a pattern S, each absent t gets
 C^_t = mean over present s of pred_{s->t}; L_aux and L_prd run over every ordered pair on the rows
 that have both, summed and divided by M - 1 (M = 2: the paper's sum over the two directions);
 L_cls is the CE of the sum of the present modalities' logits on every row.
@@ -285,9 +283,9 @@ class PromptVICRegBranch(PatternModule):
         self.all_modalities = list(model.modalities)
         self.absent = [t for t in model.modalities if t not in pattern]
         self.k = model.config.num_prompts
-        # With a target absent, a source runs with *all* its prompts, as in training: the shared
-        # read-only mask lets prompts of one source read each other, so a subset would change them.
-        self.prompt_targets = {s: list(model.targets[s]) if self.absent else [] for s in self.modalities}
+        # A source runs with the prompts of the absent targets only: under the read-only mask prompts
+        # never read each other, so a subset gives the same outputs as training's full set.
+        self.prompt_targets = {s: [t for t in model.targets[s] if t in self.absent] for s in self.modalities}
         self.prompts = nn.ModuleDict({s: nn.ParameterDict({t: model.prompts[s][t] for t in self.prompt_targets[s]})
                                       for s in self.modalities})
         self.predictors = nn.ModuleDict({s: nn.ModuleDict({t: model.predictors[s][t] for t in self.absent})
