@@ -44,10 +44,13 @@ POLICY_KEY = "sequence_policy"
 TEXT_WORD = "token"  # synthetic text: this word repeated past max_length tokens
 
 SPEC_TYPES: dict[str, type["PreprocessSpec"]] = {}
+OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {}  # type -> (input name, dtype) its preprocessor makes
 
 
 def register(cls: type["PreprocessSpec"]) -> type["PreprocessSpec"]:
+    """Make ``cls`` the spec class of modality type ``cls.type`` (make_preprocessor dispatches through it)."""
     SPEC_TYPES[cls.type] = cls
+    OUTPUTS[cls.type] = cls.outputs
     return cls
 
 

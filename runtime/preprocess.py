@@ -54,7 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.modality_spec import SPEC_TYPES, spec_of
+from runtime.modality_spec import OUTPUTS, spec_of
 from runtime.preprocess_base import PreprocessError, SequenceTooLongError, all_finite, as_numeric
 from runtime.preprocess_image import ImagePreprocessor
 from runtime.preprocess_sequence import SequencePreprocessor, dct2_ortho, mel_filterbank
@@ -62,8 +62,7 @@ from runtime.preprocess_text import TextPreprocessor
 
 REASONS: tuple[str, ...] = ("spec", "missing", "type", "dtype", "rank", "shape", "channels", "non_finite", "empty",
                             "length")
-# modality type -> (input name, dtype) of its preprocessor's outputs (runtime.modality_spec has one class per type)
-OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {kind: cls.outputs for kind, cls in SPEC_TYPES.items()}
+# OUTPUTS: modality type -> (input name, dtype) of its preprocessor's outputs, one spec class per type
 # Spec keys that name files; a bundle copies them next to the manifest and stores relative paths.
 FILE_KEYS: tuple[str, ...] = ("tokenizer_file",)
 
