@@ -5,8 +5,9 @@ the spec class of its ``type``; that object answers
 
 - ``max_length``: the trained maximum sequence length (``max_frames`` / ``max_length``), None when
   the spec sets none; ``sequence_length``: that, or the one default of its kind
-  (DEFAULT_MAX_FRAMES / DEFAULT_MAX_TOKENS). Warm-up feeds, placeholders, synthetic benchmark
-  inputs, encoder position tables and TensorRT profiles all use ``sequence_length``;
+  (DEFAULT_MAX_FRAMES / DEFAULT_MAX_TOKENS). Placeholders, synthetic benchmark inputs, encoder
+  position tables and TensorRT profiles use ``sequence_length``; session warm-up uses
+  ``warmup_length`` (the trained maximum, or 1: a length any graph accepts);
 - ``feature_width``: features per frame (audio/timeseries), None otherwise;
 - ``sequence_policy``: what the runtime does with a sequence longer than ``max_length``
   (SEQUENCE_POLICIES; absent = "truncate", which is what older bundles did);
@@ -82,6 +83,12 @@ class PreprocessSpec:
     @property
     def sequence_length(self) -> int | None:
         return None
+
+    @property
+    def warmup_length(self) -> int:
+        """A sequence length every graph of this spec accepts: the trained maximum, or 1 when the spec records
+        none (a hand-edited manifest: the graph's position table may be shorter than sequence_length)."""
+        return self.max_length or 1
 
     @property
     def feature_width(self) -> int | None:

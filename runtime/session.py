@@ -463,12 +463,12 @@ def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarra
 
 
 def _dummy(spec: TensorSpec, manifest: Manifest) -> np.ndarray:
-    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequence axes at the spec's sequence_length."""
+    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequence axes at the spec's warmup_length."""
     def size(axis: str) -> int:
         if axis == BATCH_AXIS:
             return 1
         entry = manifest.modalities.get(seq_axis_modality(axis) or feed_modality(spec.name))
-        return (spec_of(entry.preprocess).sequence_length or 1) if entry is not None else 1
+        return spec_of(entry.preprocess).warmup_length if entry is not None else 1
 
     shape = [d if isinstance(d, int) else size(d) for d in spec.shape]
     fill = 1 if np.dtype(spec.dtype).kind in "iu" else 0

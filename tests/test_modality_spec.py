@@ -23,6 +23,7 @@ def test_lengths_widths_and_the_one_default_per_kind() -> None:
     assert (ts.max_length, ts.sequence_length, ts.feature_width, ts.sequence_policy) == (100, 100, 3, "truncate")
     free = spec_of({"type": "timeseries", "n_channels": 3})
     assert free.max_length is None and free.sequence_length == DEFAULT_MAX_FRAMES == 512
+    assert ts.warmup_length == 100 and free.warmup_length == 1  # warm-up never exceeds what the graph knows
     audio = spec_of({"type": "audio", "input": "features", "n_features": 13})
     assert audio.feature_width == 13 and audio.sequence_length == DEFAULT_MAX_FRAMES
     wave = spec_of(WAVE)
