@@ -42,9 +42,9 @@ from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tole
 from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
-from runtime.modality_spec import placeholder_recipe
-from runtime.patterns import Pattern, all_patterns
-from runtime.preprocess import FILE_KEYS
+from runtime.modality_spec import placeholder_recipe, with_sequence_policy
+from runtime.patterns import Pattern, all_patterns, feed_modality
+from runtime.preprocess import FILE_KEYS, PreprocessError
 
 DEFAULT_DATASET = "av-digits"
 ENGINES = ("onnxruntime", "tensorrt")
@@ -87,6 +87,9 @@ class BuildConfig:
     alpha: float = 0.1  # default miscoverage of the conformal sets; the runtime can override it
     target_accuracy: float | None = None  # per-pattern abstention threshold for this selective accuracy
     confidence_samples: int | None = 1000  # val rows per pattern (None: all)
+    # modality -> what the runtime does with a sequence longer than its trained maximum: "truncate"
+    # (default), "window" (the last max_frames frames) or "error"; written into the manifest's spec
+    sequence_policy: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.precisions, str):
@@ -261,6 +264,7 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
     from export.select import select_patterns
 
     patterns, excluded = select_patterns(model.modalities, cfg.patterns, cfg.min_modalities, cfg.require)
+    manifest_specs(model, cfg)  # a bad --sequence-policy fails before minutes of export
     out = Path(cfg.out or default_bundle_dir(cfg, model.info.name))
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
@@ -440,6 +444,19 @@ def _widen_ranges(ranges: dict[str, list[float]], feeds: Sequence[dict[str, np.n
                 ranges[name] = [low, high]
 
 
+def manifest_specs(model: Any, cfg: BuildConfig) -> dict[str, dict[str, Any]]:
+    """Each modality's preprocess spec as the bundle records it: with its sequence policy written out."""
+    unknown = sorted(set(cfg.sequence_policy) - set(model.info.modalities))
+    if unknown:
+        raise BuildError(f"--sequence-policy names {unknown}, which are not modalities of this model "
+                         f"({sorted(model.info.modalities)})")
+    try:
+        return {m: with_sequence_policy(s.preprocess, cfg.sequence_policy.get(m))
+                for m, s in model.info.modalities.items()}
+    except PreprocessError as err:
+        raise BuildError(f"--sequence-policy: {err}") from None
+
+
 def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig,
               ranges: dict[str, list[float]] | None = None) -> Manifest:
     first: dict[str, GraphEntry] = {}  # a modality's inputs come from the first exported graph that has it
@@ -447,8 +464,9 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
         for m in sorted(Pattern.from_key(e.pattern)):
             first.setdefault(m, e)
     modalities, files = {}, {}
+    specs = manifest_specs(model, cfg)
     for m, spec in model.info.modalities.items():
-        pre = dict(spec.preprocess)
+        pre = specs[m]
         for k in FILE_KEYS:
             if pre.get(k):
                 src = Path(pre[k]).expanduser()
@@ -459,8 +477,8 @@ def _manifest(tmp: Path, model: Any, entries: list[GraphEntry], cfg: BuildConfig
                 shutil.copy2(src, dst)
                 pre[k] = relpath(dst, tmp)
                 files[pre[k]] = sha256_file(dst)
-        inputs = [replace(i) for i in (first[m].inputs if m in first else []) if i.name.split(".", 1)[0] == m]
-        own = {n: r for n, r in (ranges or {}).items() if n.split(".", 1)[0] == m}
+        inputs = [replace(i) for i in (first[m].inputs if m in first else []) if feed_modality(i.name) == m]
+        own = {n: r for n, r in (ranges or {}).items() if feed_modality(n) == m}
         modalities[m] = ModalityEntry(m, spec.type, inputs, pre, input_range=own or None)
     return Manifest(method=model.method_name, dataset=model.info.name, task=model.task,
                     labels=list(model.info.labels), modalities=modalities, graphs=entries, files=files,

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: auto)")
     b.add_argument("--no-optimize", action="store_true",
                    help="skip onnxruntime's transformer fusions (graphs stay standard ONNX)")
+    b.add_argument("--sequence-policy", action="append", default=[], metavar="MODALITY=POLICY",
+                   help="what the runtime does with an audio/timeseries input longer than the trained max_frames: "
+                        "truncate (keep the first max_frames frames; the default), window (keep the last "
+                        "max_frames: a sliding window over a stream) or error (SequenceTooLong); repeatable, one "
+                        "per modality; recorded in the manifest, shown by `mmedge runtime info`")
     b.add_argument("--no-progress", action="store_true")
     k = sub.add_parser("keygen", help="create an ed25519 key pair for signing bundles (needs mmedge[sign])",
                        description="Write KEY (private, PEM, mode 0600) and KEY.pub (public, PEM). Keep KEY off the "
@@ -98,6 +103,19 @@ def _keys(args: argparse.Namespace) -> int:
     except (MMEdgeError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
     return 1
+
+
+def parse_sequence_policies(values: list[str]) -> dict[str, str]:
+    """``["accel=window", ...]`` -> {"accel": "window"}; ValueError for a malformed or repeated entry."""
+    out: dict[str, str] = {}
+    for v in values:
+        m, sep, policy = v.partition("=")
+        if not sep or not m or not policy:
+            raise ValueError(f"--sequence-policy takes MODALITY=POLICY (e.g. accel=window), got {v!r}")
+        if m in out:
+            raise ValueError(f"--sequence-policy gives {m!r} twice ({out[m]!r} and {policy!r})")
+        out[m] = policy
+    return out
 
 
 def format_table(manifest: Manifest) -> str:
@@ -138,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                           patterns=tuple(args.patterns.split(",")) if args.patterns else None,
                           min_modalities=args.min_modalities, require=tuple(args.require),
                           int8_target=args.int8_target, shared_weights=args.shared_weights,
-                          optimize=not args.no_optimize)
+                          optimize=not args.no_optimize,
+                          sequence_policy=parse_sequence_policies(args.sequence_policy))
         out = build_bundle(cfg)
     except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
         kind = "parity failed" if isinstance(exc, ParityError) else "error"

@@ -34,11 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from runtime.manifest import TensorSpec
-from runtime.modality_spec import placeholder_raw
-from runtime.patterns import all_patterns
+from runtime.modality_spec import SPEC_TYPES, placeholder_raw, spec_of
+from runtime.patterns import BATCH_AXIS, all_patterns, feed_modality, feed_name, seq_axis
 from runtime.preprocess import make_preprocessor
 
-SEQUENCE_TYPES = frozenset({"text", "audio", "timeseries"})
+SEQUENCE_TYPES = frozenset(kind for kind, cls in SPEC_TYPES.items() if cls.sequence)
 OPSET = 18
 Exporter = Literal["dynamo", "legacy"]
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -67,9 +67,7 @@ def sequence_axes(modalities: Mapping[str, Any]) -> dict[str, int | None]:
     for m, spec in modalities.items():
         kind = spec if isinstance(spec, str) else spec.type
         if kind in SEQUENCE_TYPES:
-            pre = {} if isinstance(spec, str) else dict(spec.preprocess)
-            limit = pre.get("max_frames", pre.get("max_length"))
-            out[m] = int(limit) if limit else None
+            out[m] = None if isinstance(spec, str) else spec_of({**spec.preprocess, "type": kind}).max_length
     return out
 
 
@@ -92,7 +90,7 @@ def _input_modalities(module: nn.Module, n: int) -> list[str]:
     spec = getattr(module, "input_spec", None)
     if spec is not None:
         return [m for m, _ in spec]
-    return [name.split(".", 1)[0] for name in module.input_names[:n]]
+    return [feed_modality(name) for name in module.input_names[:n]]
 
 
 def export_pattern(module: nn.Module, example_inputs: Sequence[Tensor], path: str | Path, *, opset: int = OPSET,
@@ -121,8 +119,8 @@ def export_pattern(module: nn.Module, example_inputs: Sequence[Tensor], path: st
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_loggers():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
-            batch = torch.export.Dim("batch", min=1)
-            seq = {m: torch.export.Dim(f"{m}_seq", min=1, **({"max": int(mx)} if mx else {}))
+            batch = torch.export.Dim(BATCH_AXIS, min=1)
+            seq = {m: torch.export.Dim(seq_axis(m), min=1, **({"max": int(mx)} if mx else {}))
                    for m, mx in seq_max.items()}
             shapes = tuple({0: batch, **({1: seq[m]} if m in seq and a.dim() >= 2 else {})}
                            for m, a in zip(mods, args))
@@ -130,9 +128,9 @@ def export_pattern(module: nn.Module, example_inputs: Sequence[Tensor], path: st
                 torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, optimize=True,
                                   dynamic_shapes=(shapes,), **kw)
         elif exporter == "legacy":
-            axes = {n: {0: "batch", **({1: f"{m}_seq"} if m in seq_max and a.dim() >= 2 else {})}
+            axes = {n: {0: BATCH_AXIS, **({1: seq_axis(m)} if m in seq_max and a.dim() >= 2 else {})}
                     for n, m, a in zip(names, mods, args)}
-            axes.update({o: {0: "batch"} for o in outputs})
+            axes.update({o: {0: BATCH_AXIS} for o in outputs})
             with torch.no_grad():
                 torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=axes, **kw)
         else:
@@ -194,7 +192,7 @@ def placeholder_inputs(model: Any, batch: int = 3, base_dir: Path | None = None)
     for m in full.modalities:
         spec = model.info.modalities[m].preprocess
         out = make_preprocessor(spec, base_dir)([placeholder_raw(spec)] * batch)
-        arrays.update({f"{m}.{k}": v for k, v in out.items()})
+        arrays.update({feed_name(m, k): v for k, v in out.items()})
     return tuple(torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in full.input_names)
 
 

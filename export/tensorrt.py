@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.manifest import GraphEntry, Manifest, relpath, sha256_file
+from runtime.modality_spec import DEFAULT_MAX_FRAMES, spec_of
+from runtime.patterns import seq_axis_modality
 
 DEFAULT_WORKSPACE = 1 << 30  # 1 GiB
 TIMING_CACHE = "engines/timing.cache"
@@ -67,7 +69,7 @@ def _profile_shapes(entry: GraphEntry, seq_max: dict[str, int], max_batch: int, 
             if dim == "batch":
                 lo.append(1), opt.append(opt_batch), hi.append(max_batch)
             elif isinstance(dim, str):  # "<modality>_seq"
-                top = seq_max.get(dim[: -len("_seq")], 512)
+                top = seq_max.get(seq_axis_modality(dim) or "", DEFAULT_MAX_FRAMES)
                 lo.append(1), opt.append(top), hi.append(top)
             else:
                 lo.append(dim), opt.append(dim), hi.append(dim)
@@ -119,8 +121,7 @@ def build_engines(bundle_dir: Path, manifest: Manifest, *, max_batch: int = 32,
                   workspace: int = DEFAULT_WORKSPACE) -> dict[str, Any]:
     """One engine per graph of the bundle, under engines/<precision>/<pattern>.engine; returns the manifest note."""
     bundle_dir = Path(bundle_dir)
-    seq_max = {m: int(e.preprocess.get("max_frames") or e.preprocess.get("max_length") or 512)
-               for m, e in manifest.modalities.items()}
+    seq_max = {m: int(spec_of(e.preprocess).sequence_length or 1) for m, e in manifest.modalities.items()}
     cache = bundle_dir / TIMING_CACHE
     engines = []
     for entry in manifest.graphs:

@@ -91,7 +91,8 @@ except ImportError as exc:  # no runtime yet: the minimal equivalent (manifest +
     from runtime.bench_inputs import synthetic_raw
     sample = {m: synthetic_raw(e.preprocess) for m, e in man.modalities.items()}
     t_sample = time.perf_counter()
-    feeds = {f"{m}.{k}": v for m in sorted(sample) for k, v in pre[m]([sample[m]]).items()}
+    from runtime.patterns import feed_name
+    feeds = {feed_name(m, k): v for m in sorted(sample) for k, v in pre[m]([sample[m]]).items()}
     sess["+".join(sorted(sample))].run(None, feeds)
 t3 = time.perf_counter()
 def pss_mb():

@@ -3,8 +3,8 @@
 The runtime has no dataset, so each modality gets one synthetic *raw* sample (seed 0), shaped
 as its sensor would deliver it, and the bundle's own preprocessing turns it into feeds: every
 graph gets valid shapes and dtypes. Latency of these graphs does not depend on the values.
-Sequence length is the typical value the spec declares: ``max_frames`` (audio/timeseries) or
-``max_length`` (text, filled to it); without one, ``DEFAULT_SEQ``.
+Sequence length is the spec's ``sequence_length`` (runtime.modality_spec: ``max_frames`` /
+``max_length``, text filled to it, or the one default of its kind).
 """
 from __future__ import annotations
 
@@ -14,33 +14,11 @@ from typing import Any
 import numpy as np
 
 from runtime.manifest import GraphEntry, Manifest
-from runtime.modality_spec import raw_from_recipe
-from runtime.patterns import Pattern
+from runtime.modality_spec import raw_from_recipe, spec_of, synthetic_raw
+from runtime.patterns import Pattern, feed_name
 from runtime.preprocess import make_preprocessor
 
-DEFAULT_SEQ = 50
-TEXT_WORD = "token"
-
-
-def typical_seq(spec: dict[str, Any]) -> int | None:
-    return spec.get("max_frames") or spec.get("max_length") or (None if spec.get("type") == "image" else DEFAULT_SEQ)
-
-
-def synthetic_raw(spec: dict[str, Any], seed: int = 0) -> Any:
-    """One deterministic raw sample of a modality, shaped as its sensor would deliver it."""
-    rng = np.random.default_rng(seed)
-    kind, seq = spec.get("type"), typical_seq(spec)
-    if kind == "image":
-        h, w = spec["size"]
-        return rng.integers(0, 256, (h, w, spec.get("channels", 3)), dtype=np.uint8)
-    if kind == "text":  # long enough to be truncated to max_length tokens
-        return " ".join([TEXT_WORD] * (2 * (seq or DEFAULT_SEQ)))
-    if kind == "audio" and spec.get("input") == "waveform":
-        m = spec["mfcc"]
-        hop, win = m["hop_length"], m.get("win_length", m["n_fft"])
-        return (0.1 * rng.standard_normal((seq - 1) * hop + win)).astype(np.float32)
-    width = spec.get("n_features") or spec.get("n_channels")
-    return rng.standard_normal((seq, width)).astype(np.float32)
+__all__ = ["Inputs", "synthetic_raw"]
 
 
 class Inputs:
@@ -56,7 +34,7 @@ class Inputs:
         key = (m, batch, placeholder)
         if key not in self._cache:
             raw = raw_from_recipe(self.manifest.placeholders[m]) if placeholder else self.raw[m]
-            self._cache[key] = {f"{m}.{k}": v for k, v in self.pre[m]([raw] * batch).items()}
+            self._cache[key] = {feed_name(m, k): v for k, v in self.pre[m]([raw] * batch).items()}
         return self._cache[key]
 
     def feeds(self, graph: GraphEntry, batch: int, present: Pattern | None = None) -> dict[str, np.ndarray]:
@@ -68,6 +46,6 @@ class Inputs:
 
     def describe(self) -> dict[str, Any]:
         return {m: {"raw_shape": list(np.shape(r)) if not isinstance(r, str) else f"text of {len(r.split())} words",
-                    "typical_seq": typical_seq(self.manifest.modalities[m].preprocess),
+                    "typical_seq": spec_of(self.manifest.modalities[m].preprocess).sequence_length,
                     "feeds": {k: list(v.shape) for k, v in self.modality(m, 1).items()}}
                 for m, r in self.raw.items()}

@@ -126,3 +126,19 @@ class PatternNotAvailable(RuntimeInputError):
 
 class ProviderFallbackWarning(RuntimeWarning):
     """A requested GPU execution provider is not in use (onnxruntime fell back, e.g. to CPU)."""
+
+
+class SequenceTooLong(InputShapeError):
+    """A clip longer than the modality's trained maximum under its bundle's sequence policy "error";
+    ``length`` and ``maximum`` are in frames."""
+
+    def __init__(self, message: str, *, modality: str, length: int, maximum: int, pattern: str | None = None,
+                 index: int | None = None) -> None:
+        self.length = length
+        self.maximum = maximum
+        super().__init__(message, pattern=pattern, modality=modality, index=index)
+
+
+class DegradedGraphWarning(UserWarning):
+    """``Runtime.load`` of graphs written with ``--allow-degraded``: they missed their parity tolerance.
+    A host that must not serve them: ``warnings.simplefilter("error", DegradedGraphWarning)``."""

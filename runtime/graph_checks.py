@@ -22,6 +22,7 @@ import numpy as np
 
 from runtime.errors import BundleIntegrityError, InputOutOfRange, RuntimeInputError
 from runtime.manifest import GraphEntry
+from runtime.patterns import feed_modality
 
 PATTERN_KEY, PRECISION_KEY = "mmedge.pattern", "mmedge.precision"
 
@@ -92,7 +93,7 @@ def blame_input(feeds: Mapping[str, np.ndarray], ranges: Mapping[str, list[float
             continue
         low, high = float(arr.min()), float(arr.max())
         if low < r[0] or high > r[1] or not (math.isfinite(low) and math.isfinite(high)):
-            modality = name.split(".", 1)[0]
+            modality = feed_modality(name)
             return InputOutOfRange(f"{modality}: input {name!r} spans [{low:.4g}, {high:.4g}], outside the export's "
                                    f"calibration range [{r[0]:.4g}, {r[1]:.4g}], and drove the {precision} graph to "
                                    "NaN/Inf outputs; check the sensor's units and scaling", pattern=pattern,

@@ -13,34 +13,28 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import (InputDtypeError, InputOutOfRange, InputShapeError, InvalidArgument, NonFiniteInput,
-                            RuntimeInputError)
-from runtime.preprocess_base import PreprocessError, as_numeric  # one definition of "numeric"
+                            RuntimeInputError, SequenceTooLong)
+from runtime.modality_spec import spec_of
+from runtime.patterns import feed_modality
+from runtime.preprocess_base import PreprocessError, SequenceTooLongError
 
 _BY_REASON: dict[str, type[RuntimeInputError]] = {
     "type": InputDtypeError, "dtype": InputDtypeError, "spec": InputDtypeError, "missing": InputDtypeError,
     "rank": InputShapeError, "shape": InputShapeError, "channels": InputShapeError, "empty": InputShapeError,
-    "non_finite": NonFiniteInput,
+    "non_finite": NonFiniteInput, "length": SequenceTooLong,
 }
 
 
 def n_features(spec: dict[str, Any]) -> int | None:
-    if spec.get("type") == "timeseries":
-        return spec.get("n_channels")
-    if spec.get("type") == "audio":
-        return spec.get("n_features") if spec.get("input", "features") == "features" else spec.get("mfcc", {}).get("n_mfcc")
-    return None
+    return spec_of(spec).feature_width
 
 
 def expected_raw(spec: dict[str, Any]) -> str:
     """One line a user can act on: the raw value this modality takes."""
-    kind = spec.get("type")
-    if kind == "image":
-        return "a numeric (H, W) or (H, W, C) array, C in 1/3/4, any size (resized to {}x{})".format(*spec.get("size", "??"))
-    if kind == "text":
-        return "a str (\"\" is allowed)"
-    if kind == "audio" and spec.get("input") == "waveform":
-        return f"a 1-D float waveform in [-1, 1] at {spec.get('sample_rate')} Hz"
-    return f"a numeric (T, {n_features(spec)}) array of frames"
+    try:
+        return spec_of(spec).expected_raw()
+    except (PreprocessError, KeyError, TypeError, ValueError):  # a spec no preprocessor accepts: say so, not crash
+        return f"input of an unusable {spec.get('type')!r} spec"
 
 
 def from_preprocess_error(err: PreprocessError, modality: str, pattern: str | None, spec: dict[str, Any],
@@ -48,6 +42,9 @@ def from_preprocess_error(err: PreprocessError, modality: str, pattern: str | No
     cls = _BY_REASON.get(err.reason, InputDtypeError)
     msg = str(err).split(": ", 1)[1] if err.index is not None else str(err)  # we say which sample ourselves
     where = f"sample #{index}: " if index is not None else ""
+    if isinstance(err, SequenceTooLongError):
+        return SequenceTooLong(f"{where}{modality}: {msg}", pattern=pattern, modality=modality, index=index,
+                               length=err.length, maximum=err.maximum)
     return cls(f"{where}{modality}: {msg}; {modality} takes {expected_raw(spec)}, or None when missing",
                pattern=pattern, modality=modality, index=index)
 
@@ -63,29 +60,8 @@ def from_unexpected(exc: Exception, modality: str, pattern: str | None, spec: di
 def check_raw(spec: dict[str, Any], raw: Any, modality: str) -> np.ndarray | str:
     """Health check of one raw sample without preprocessing it: type, dtype, rank, channels/features,
     emptiness, NaN/Inf. Returns the sample as an array (or str); raises a typed error."""
-    kind = spec.get("type")
     try:
-        if kind == "text":
-            if not isinstance(raw, str):
-                raise PreprocessError("type", f"text must be str, got {type(raw).__name__}")
-            return raw
-        waveform = kind == "audio" and spec.get("input") == "waveform"
-        arr = as_numeric(raw, None, modality, floats_only=waveform)
-        if kind == "image":
-            if arr.ndim not in (2, 3):
-                raise PreprocessError("rank", f"image must be (H, W) or (H, W, C), got shape {arr.shape}")
-            if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4):
-                raise PreprocessError("channels", f"image has {arr.shape[2]} channels (shape {arr.shape})")
-        elif waveform:
-            if arr.ndim != 1:
-                raise PreprocessError("rank", f"waveform must be 1-D, got shape {arr.shape}")
-        else:
-            f = n_features(spec)
-            if arr.ndim != 2:
-                raise PreprocessError("rank", f"frames must be (T, {f}), got shape {arr.shape}")
-            if arr.shape[1] != f:
-                raise PreprocessError("channels", f"{arr.shape[1]} features per frame; expected {f}")
-        return arr
+        return spec_of(spec).check_raw(raw, what=modality)
     except PreprocessError as err:
         raise from_preprocess_error(err, modality, None, spec) from None
     except Exception as exc:  # noqa: BLE001 - exotic objects (__array__ raising, ...) are bad input too
@@ -120,7 +96,7 @@ def check_feed(arr: np.ndarray, name: str, bounds: tuple[float, float], pattern:
     low, high = float(_MIN(arr, None)), float(_MAX(arr, None))  # the ufuncs: no ndarray.min wrapper per call
     if math.isfinite(low) and math.isfinite(high) and bounds[0] <= low and high <= bounds[1]:
         return
-    modality = name.split(".", 1)[0]
+    modality = feed_modality(name)
     if not (math.isfinite(low) and math.isfinite(high)):
         raise NonFiniteInput(f"{modality}: input {name!r} holds NaN/Inf after preprocessing and casting to "
                              f"{arr.dtype} (raw values too large for float32?); send finite values in the units "

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from runtime.errors import BundleIntegrityError
+from runtime.preprocess_base import SEQUENCE_POLICIES
 
 MODALITY_TYPES = ("image", "text", "audio", "timeseries")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
@@ -95,6 +96,8 @@ def _preprocess(p: Any, where: str) -> None:
     for key, hi in _SIZES.items():
         if key in p and p[key] is not None:
             _int(p[key], f"{where}.{key}", 1, hi)
+    if "sequence_policy" in p:  # absent: "truncate" (runtime.modality_spec)
+        _str(p["sequence_policy"], f"{where}.sequence_policy", choices=SEQUENCE_POLICIES)
     if "size" in p:
         size = _type(p["size"], list, f"{where}.size")
         if len(size) != 2:

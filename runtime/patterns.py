@@ -3,6 +3,9 @@
 This module is the only place pattern names are made. Everything else
 (training, export, manifests, the runtime) asks it for keys, so a graph
 exported for ``audio+image`` is always found under that exact name.
+It also names the graph I/O built from modality names: the feed ``"<modality>.<input>"``
+(e.g. ``audio.values``) and the symbolic sequence axis ``"<modality>_seq"``; the exporter, the
+runtime and the benchmark all use ``feed_name`` / ``seq_axis`` and their inverses.
 Pure Python on purpose: it is imported by the torch-free runtime.
 """
 from __future__ import annotations
@@ -11,6 +14,9 @@ from collections.abc import Iterable, Mapping
 from itertools import combinations
 
 SEPARATOR = "+"
+FEED_SEPARATOR = "."  # "<modality>.<input>"; the modality is what precedes the first one
+SEQ_AXIS_SUFFIX = "_seq"
+BATCH_AXIS = "batch"
 
 
 class Pattern(frozenset):
@@ -71,3 +77,23 @@ def all_patterns(modalities: Iterable[str]) -> list[Pattern]:
 def key(modalities: Iterable[str]) -> str:
     """Shorthand for ``Pattern(modalities).key``."""
     return Pattern(modalities).key
+
+
+def feed_name(modality: str, input_name: str) -> str:
+    """The graph input a modality's preprocessed array feeds: ``feed_name("audio", "mask") == "audio.mask"``."""
+    return f"{modality}{FEED_SEPARATOR}{input_name}"
+
+
+def feed_modality(name: str) -> str:
+    """The modality a graph input belongs to: ``feed_modality("audio.mask") == "audio"``."""
+    return name.split(FEED_SEPARATOR, 1)[0]
+
+
+def seq_axis(modality: str) -> str:
+    """The symbolic sequence-axis name of a modality's inputs: ``seq_axis("audio") == "audio_seq"``."""
+    return f"{modality}{SEQ_AXIS_SUFFIX}"
+
+
+def seq_axis_modality(axis: str) -> str | None:
+    """The modality of a ``"<modality>_seq"`` axis name, or None for any other axis (e.g. "batch")."""
+    return axis[: -len(SEQ_AXIS_SUFFIX)] if axis.endswith(SEQ_AXIS_SUFFIX) and len(axis) > len(SEQ_AXIS_SUFFIX) else None

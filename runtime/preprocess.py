@@ -38,7 +38,9 @@ timeseries {"type": "timeseries", "n_channels": C, "max_frames"?: T, "mean"?: [C
            audio and timeseries -> values float32 (B, T, F), mask int64 (B, T) (1 = real
            frame); padded frames are 0 (i.e. the mean, after normalisation). T is the
            longest clip in the batch (or max_frames with "pad": "max_frames"), clips
-           longer than max_frames are truncated.
+           longer than max_frames follow "sequence_policy"?: "truncate" (default: the first
+           max_frames frames), "window" (the last max_frames frames) or "error"
+           (PreprocessError reason "length"); the export records it in the bundle.
 
 Bad input raises ``PreprocessError`` (a ValueError) whose ``.reason`` is one of
 REASONS and whose ``.index`` is the position in the batch. Preprocessors are
@@ -52,18 +54,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runtime.preprocess_base import PreprocessError, all_finite, as_numeric
+from runtime.modality_spec import OUTPUTS, spec_of
+from runtime.preprocess_base import PreprocessError, SequenceTooLongError, all_finite, as_numeric
 from runtime.preprocess_image import ImagePreprocessor
 from runtime.preprocess_sequence import SequencePreprocessor, dct2_ortho, mel_filterbank
 from runtime.preprocess_text import TextPreprocessor
 
-REASONS: tuple[str, ...] = ("spec", "missing", "type", "dtype", "rank", "shape", "channels", "non_finite", "empty")
-OUTPUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "image": (("pixel_values", "float32"),),
-    "text": (("input_ids", "int64"), ("attention_mask", "int64")),
-    "audio": (("values", "float32"), ("mask", "int64")),
-    "timeseries": (("values", "float32"), ("mask", "int64")),
-}
+REASONS: tuple[str, ...] = ("spec", "missing", "type", "dtype", "rank", "shape", "channels", "non_finite", "empty",
+                            "length")
+# OUTPUTS: modality type -> (input name, dtype) of its preprocessor's outputs, one spec class per type
 # Spec keys that name files; a bundle copies them next to the manifest and stores relative paths.
 FILE_KEYS: tuple[str, ...] = ("tokenizer_file",)
 
@@ -80,14 +79,9 @@ class Preprocessor(Protocol):
 
 
 def make_preprocessor(spec: dict[str, Any], base_dir: Path | None = None) -> Preprocessor:
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "image":
-        return ImagePreprocessor(spec)
-    if kind == "text":
-        return TextPreprocessor(spec, base_dir)
-    if kind in ("audio", "timeseries"):
-        return SequencePreprocessor(spec)
-    raise PreprocessError("spec", f"unknown preprocess type {kind!r}; expected one of {sorted(OUTPUTS)}")
+    if not isinstance(spec, dict):
+        raise PreprocessError("spec", f"a preprocess spec is a dict, got {type(spec).__name__}")
+    return spec_of(spec).preprocessor(base_dir)
 
 
 def referenced_files(spec: dict[str, Any]) -> list[str]:
@@ -96,5 +90,5 @@ def referenced_files(spec: dict[str, Any]) -> list[str]:
 
 
 __all__ = ["FILE_KEYS", "OUTPUTS", "REASONS", "ImagePreprocessor", "PreprocessError", "Preprocessor",
-           "SequencePreprocessor", "TextPreprocessor", "all_finite", "as_numeric", "dct2_ortho", "make_preprocessor",
+           "SequencePreprocessor", "SequenceTooLongError", "TextPreprocessor", "all_finite", "as_numeric", "dct2_ortho", "make_preprocessor",
            "mel_filterbank", "referenced_files"]

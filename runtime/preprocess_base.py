@@ -22,6 +22,22 @@ class PreprocessError(ValueError):
         super().__init__(where + message)
 
 
+# What a sequence longer than its spec's maximum gets ("sequence_policy"): the first frames, the last
+# frames (a sliding window over a stream), or SequenceTooLongError. Absent: "truncate".
+SEQUENCE_POLICIES: tuple[str, ...] = ("error", "truncate", "window")
+DEFAULT_SEQUENCE_POLICY = "truncate"
+
+
+class SequenceTooLongError(PreprocessError):
+    """A clip longer than the spec's maximum under ``"sequence_policy": "error"`` (reason "length")."""
+
+    def __init__(self, length: int, maximum: int, index: int | None = None) -> None:
+        self.length, self.maximum = int(length), int(maximum)
+        super().__init__("length", f"sequence of {self.length} frames is longer than the {self.maximum} the model "
+                                   "was trained with (sequence_policy 'error'); send at most that many frames, or "
+                                   "re-export with --sequence-policy MODALITY=truncate|window", index)
+
+
 def need(spec: dict[str, Any], key: str) -> Any:
     if key not in spec:
         raise PreprocessError("spec", f"{spec.get('type', 'mfcc')} spec is missing {key!r}; it has {sorted(spec)}")

@@ -1,12 +1,22 @@
-"""Audio and timeseries preprocessing: frames (or a waveform, through MFCC) -> values + mask."""
+"""Audio and timeseries preprocessing: frames (or a waveform, through MFCC) -> values + mask.
+
+A clip longer than ``max_frames`` follows the spec's ``sequence_policy`` (runtime.modality_spec):
+"truncate" keeps the first max_frames frames, "window" the last max_frames, "error" raises
+SequenceTooLongError. ``cuts`` counts the samples truncated or windowed so far (a host reads it
+through ``Runtime.sequence_cuts``); it is the only state that changes after construction, guarded
+by a lock on the (rare) cutting path only.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import threading
+
 import numpy as np
 
-from runtime.preprocess_base import PreprocessError, all_real_mask, as_numeric, need, norm_stats, pad_mode, pos_int
+from runtime.preprocess_base import (DEFAULT_SEQUENCE_POLICY, SEQUENCE_POLICIES, PreprocessError, SequenceTooLongError,
+                                     all_real_mask, as_numeric, need, norm_stats, pad_mode, pos_int)
 
 # --------------------------------------------------------------------------- audio / timeseries
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -52,8 +62,33 @@ class SequencePreprocessor:
         self.pad_fixed = pad_mode(spec, "max_frames")
         if self.pad_fixed and self.max_frames is None:
             raise PreprocessError("spec", "pad 'max_frames' needs max_frames")
+        self.policy = spec.get("sequence_policy", DEFAULT_SEQUENCE_POLICY)
+        if self.policy not in SEQUENCE_POLICIES:
+            raise PreprocessError("spec", f"sequence_policy must be one of {list(SEQUENCE_POLICIES)}, got "
+                                          f"{self.policy!r}")
         self.mean, self.std = norm_stats(spec, self.n_features)
         self._masks: dict[int, np.ndarray] = {}
+        self.cuts = 0
+        self._cut_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # DataLoader workers pickle preprocessors; a lock does not pickle
+        return {k: v for k, v in self.__dict__.items() if k != "_cut_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cut_lock = threading.Lock()
+
+    def _cut(self, n: int, index: int | None) -> int:
+        """Start frame of the kept ``max_frames`` of an ``n``-frame clip (n > max_frames), counting the cut."""
+        if self.policy == "error":
+            raise SequenceTooLongError(n, self.max_frames, index)
+        with self._cut_lock:
+            self.cuts += 1
+        return n - self.max_frames if self.policy == "window" else 0
+
+    def frames_of(self, n_samples: int) -> int:
+        """MFCC frames a waveform of ``n_samples`` gives (a clip shorter than one window gives one)."""
+        return 1 if n_samples < self.win else (n_samples - self.win) // self.hop + 1
 
     def _init_mfcc(self, spec: dict[str, Any]) -> None:
         self.waveform = True
@@ -72,10 +107,12 @@ class SequencePreprocessor:
         self.fbank = mel_filterbank(self.sample_rate, self.n_fft, n_mels, fmin, fmax)
         self.dct = dct2_ortho(self.n_features, n_mels)
 
-    def mfcc(self, wave: np.ndarray) -> np.ndarray:
+    def mfcc(self, wave: np.ndarray, index: int | None = None) -> np.ndarray:
         x = wave.astype(np.float64)
-        if self.max_frames is not None:  # frames beyond max_frames would be truncated anyway
-            x = x[: (self.max_frames - 1) * self.hop + self.win]
+        n = self.frames_of(len(x))
+        if self.max_frames is not None and n > self.max_frames:  # only the kept frames' samples are transformed
+            start = self._cut(n, index) * self.hop
+            x = x[start: start + (self.max_frames - 1) * self.hop + self.win]
         if len(x) < self.win:
             x = np.pad(x, (0, self.win - len(x)))
         frames = np.lib.stride_tricks.sliding_window_view(x, self.win)[:: self.hop] * self.window
@@ -88,7 +125,7 @@ class SequencePreprocessor:
             arr = as_numeric(raw, index, "waveform", floats_only=True)
             if arr.ndim != 1:
                 raise PreprocessError("rank", f"waveform must be 1-D (mono), got shape {arr.shape}; average the channels first", index)
-            x = self.mfcc(arr)
+            return self.mfcc(arr, index)
         else:
             what = "timeseries" if self.kind == "timeseries" else "audio features"
             arr = as_numeric(raw, index, what)
@@ -98,7 +135,10 @@ class SequencePreprocessor:
                 raise PreprocessError("channels", f"{what} has {arr.shape[1]} features per frame (shape {arr.shape}); expected {self.n_features}", index)
             x = arr if arr.dtype == np.float32 else arr.astype(np.float32)
         # each numpy call after an inference costs ~10 µs of cold caches: skip the no-op ones
-        return x if self.max_frames is None or len(x) <= self.max_frames else x[: self.max_frames]
+        if self.max_frames is None or len(x) <= self.max_frames:
+            return x
+        start = self._cut(len(x), index)
+        return x[start: start + self.max_frames]
 
     def __call__(self, raws: Sequence[Any]) -> dict[str, np.ndarray]:
         if len(raws) == 0:

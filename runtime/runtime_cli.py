@@ -19,6 +19,7 @@ import numpy as np
 
 from runtime.errors import MMEdgeError
 from runtime.manifest import GraphEntry, Manifest, load_manifest
+from runtime.modality_spec import POLICY_KEY, spec_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -90,6 +91,8 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         "shared_weights": {w.precision: {"file": w.file, "size_bytes": w.size_bytes, "tensors": w.tensors}
                            for w in getattr(m, "shared_weights", [])},
         "excluded_patterns": list(getattr(m, "excluded_patterns", [])),
+        "degraded": {f"{g.precision}/{g.pattern}": g.degraded for g in m.graphs},
+        "sequences": _sequence_info(m),
         "providers_available": ort.get_available_providers(),
         "providers_requested": rt.requested_providers,
         "providers_in_use": {f"{precision}/{k}": v for k, v in rt.providers.items()},
@@ -104,6 +107,7 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
     for p in m.precisions:
         sizes = ", ".join(f"{g.pattern} {g.size_bytes / 1e6:.2f} MB"
                           + (f" (+.ort, parity {_ort_status(g)})" if g.ort_file else "")
+                          + (" DEGRADED" if g.degraded else "")
                           for g in m.graphs if g.precision == p)
         print(f"  {p:<5} {sizes}")
         for g in (g for g in m.graphs if g.precision == p and g.fused_ops is not None):
@@ -114,10 +118,18 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         print(f"weights     {w.precision}: {w.file} {w.size_bytes / 1e6:.2f} MB, {w.tensors} tensors shared by its graphs")
     if getattr(m, "excluded_patterns", None):
         print(f"excluded    {', '.join(m.excluded_patterns)} (not exported)")
+    bad = [k for k, v in out["degraded"].items() if v]
+    if bad:
+        print(f"degraded    {', '.join(bad)}: missed parity, written with --allow-degraded (Runtime.load warns "
+              "DegradedGraphWarning)")
     print("inputs")
     for name, e in m.modalities.items():
         tensors = ", ".join(f"{t.name} {t.dtype}{t.shape}" for t in e.inputs)
         print(f"  {name:<10} ({e.type}) -> {tensors}")
+        seq = out["sequences"].get(name)
+        if seq:
+            print(f"  {'':<10} sequence: at most {seq['max_frames']} frames; longer -> {seq['policy']}"
+                  + ("" if seq["recorded"] else " (not recorded in this bundle: the default)"))
     print(f"outputs     {', '.join(o['name'] for o in out['outputs'])}")
     print(f"providers   available {out['providers_available']}")
     print(f"            requested {rt.requested_providers}; in use at {precision}: "
@@ -130,6 +142,17 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         print("\n".join("  " + line for line in confidence_table(m.graphs).splitlines()))
     else:
         print("confidence  none (this bundle predates calibration or was built with --no-confidence)")
+    return out
+
+
+def _sequence_info(m: Manifest) -> dict[str, Any]:
+    """Per frames modality: its trained maximum and what a longer clip gets (runtime.modality_spec)."""
+    out = {}
+    for name, e in m.modalities.items():
+        view = spec_of(e.preprocess)
+        if len(view.policies) > 1:
+            out[name] = {"max_frames": view.max_length, "policy": view.sequence_policy,
+                         "recorded": POLICY_KEY in e.preprocess}
     return out
 
 
@@ -146,8 +169,9 @@ def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict
     rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True, trusted_keys=trusted_keys)
     inputs = {m: raw.get(m) for m in rt.modalities}
     pred = rt.predict(inputs, top_k=top_k)
+    cut = {m: rt.sequence_policies[m] for m, n in rt.sequence_cuts.items() if n}
     out = {"pattern": pred.pattern, "precision": precision, "top": pred.top, "timings_ms": pred.timings,
-           "providers_in_use": rt.providers.get(pred.pattern)}
+           "providers_in_use": rt.providers.get(pred.pattern), "sequences_cut": cut}
     if as_json:
         print(json.dumps(out, indent=2))
         return out
@@ -158,25 +182,70 @@ def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict
     print(f"timings   preprocess {t['preprocess_ms']:.2f} ms, inference {t['inference_ms']:.2f} ms, "
           f"total {t['total_ms']:.2f} ms (first call: includes session creation)")
     print(f"providers {out['providers_in_use']}")
+    for m, policy in cut.items():
+        print(f"note      {m} was longer than its trained maximum: {policy} "
+              f"(`mmedge runtime info` shows the maximum)")
     return out
+
+
+def _common(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--precision", default=None if name == "info" else "fp32")
+    p.add_argument("--providers", default=None, help="comma list, e.g. cpu or tensorrt,cuda,cpu (default: best)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="KEY.pub",
+                   help="refuse the bundle unless signed by this ed25519 public key (repeatable; mmedge[sign])")
+    if name == "predict":
+        p.add_argument("--top-k", type=int, default=5)
+
+
+def _modality_parser(bundle: Path, manifest: Manifest, full: bool) -> argparse.ArgumentParser:
+    """The bundle's per-modality flags; ``full`` adds the predict options too (for --help)."""
+    mp = argparse.ArgumentParser(prog=f"mmedge runtime predict {bundle}",
+                                 description=f"one prediction with {bundle} ({manifest.method} on "
+                                             f"{manifest.dataset}); give the modalities that delivered data")
+    if full:
+        _common(mp, "predict")
+    group = mp.add_argument_group("modalities of this bundle (omit a flag: that modality is missing)")
+    for m, names in _flags(manifest).items():
+        e = manifest.modalities[m]
+        source = "text, or @file.txt" if e.type == "text" else (
+            ".npy" + (" or .png/.jpg (needs Pillow)" if e.type == "image" else ""))
+        group.add_argument(*names, dest=m, default=None, metavar="FILE" if e.type != "text" else "TEXT",
+                           help=f"{e.type}: {source}; {spec_of(e.preprocess).describe()}".replace("%", "%%"))
+    return mp
+
+
+def _bundle_help(argv: list[str]) -> str | None:
+    """``predict BUNDLE ... --help`` with a readable bundle: its help, modality flags included."""
+    if argv[:1] != ["predict"] or not {"-h", "--help"} & set(argv):
+        return None
+    valued = {"--precision", "--providers", "--trusted-key", "--top-k"}
+    bundle = next((Path(a) for i, a in enumerate(argv[1:], 1)
+                   if not a.startswith("-") and argv[i - 1] not in valued), None)
+    if bundle is None or not bundle.is_dir():
+        return None
+    try:
+        manifest = load_manifest(bundle, verify=False)
+    except (MMEdgeError, OSError, ValueError):
+        return None  # argparse's generic help, then the bundle's error when it is used
+    return _modality_parser(bundle, manifest, full=True).format_help()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    text = _bundle_help(argv)
+    if text is not None:
+        print(text)
+        return 0
     parser = argparse.ArgumentParser(prog="mmedge runtime", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (("info", "patterns, precisions, inputs and providers of a bundle"),
-                        ("predict", "one prediction from files (per-modality flags come from the manifest)")):
+    for name, help_ in (("info", "patterns, precisions, inputs, sequence policies and providers of a bundle"),
+                        ("predict", "one prediction from files (per-modality flags come from the manifest; "
+                                    "`predict BUNDLE --help` lists them)")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("bundle", type=Path)
-        p.add_argument("--precision", default=None if name == "info" else "fp32")
-        p.add_argument("--providers", default=None, help="comma list, e.g. cpu or tensorrt,cuda,cpu (default: best)")
-        p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--trusted-key", action="append", dest="trusted_keys", metavar="KEY.pub",
-                       help="refuse the bundle unless signed by this ed25519 public key (repeatable; mmedge[sign])")
-        if name == "predict":
-            p.add_argument("--top-k", type=int, default=5)
+        _common(p, name)
     args, rest = parser.parse_known_args(argv)
     providers = args.providers.split(",") if args.providers else None
     try:
@@ -187,12 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         manifest = load_manifest(args.bundle, verify=False)  # Runtime.load verifies; here only for the flags
         flags = _flags(manifest)
-        mp = argparse.ArgumentParser(prog=f"mmedge runtime predict {args.bundle}")
-        for m, names in flags.items():
-            kind = manifest.modalities[m].type
-            mp.add_argument(*names, dest=m, default=None,
-                            help=f"{kind}: " + ("text, or @file.txt" if kind == "text" else ".npy"
-                                                + (" or .png/.jpg (needs Pillow)" if kind == "image" else "")))
+        mp = _modality_parser(args.bundle, manifest, full=False)
         margs = mp.parse_args(rest)
         raw = {m: read_raw(v, manifest.modalities[m].type) for m, v in vars(margs).items() if v is not None}
         if not raw:

@@ -11,6 +11,9 @@ lives on the stack; the only lock guards lazy session creation.
 Feeds: every float feed handed to a graph is checked to be finite and inside the range the bundle
 was exported for (runtime.inputs.check_feed), at every precision, so a value that would overflow
 a reduced-precision graph is the input's typed error, not the graph's.
+Sequences: a clip longer than its modality's trained maximum follows the bundle's sequence policy
+(truncate, window or error; ``sequence_policies``); ``sequence_cuts`` counts the ones cut since load.
+Degraded graphs (exported with --allow-degraded) load with a DegradedGraphWarning.
 Integrity: a session is created from the bytes whose sha256 was just checked against the manifest
 (never a second read of the path), and the graph's own metadata must name its pattern and precision.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from itertools import combinations as _combinations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,14 +32,15 @@ import numpy as np
 
 from runtime import providers as prov
 from runtime.confidence import Confidence
-from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, InputShapeError, MMEdgeError,
-                            NoModalityAvailable, PatternNotAvailable, RuntimeInputError, UnknownModality,
-                            UnknownPrecision)
+from runtime.errors import (BundleIntegrityError, DegradedGraphWarning, InferenceError, InputDtypeError,
+                            InputShapeError, MMEdgeError, NoModalityAvailable, PatternNotAvailable,
+                            RuntimeInputError, UnknownModality, UnknownPrecision)
 from runtime.graph_checks import blame_input, check_io, check_metadata, read_verified
 from runtime.inputs import (check_batch, check_feed, check_top_k, feed_bounds, from_preprocess_error, from_unexpected,
                             safe_repr)
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
-from runtime.patterns import Pattern
+from runtime.modality_spec import spec_of
+from runtime.patterns import BATCH_AXIS, Pattern, feed_modality, feed_name, seq_axis_modality
 from runtime.prediction import Packer, Prediction
 from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
 
@@ -53,7 +58,7 @@ class _Graph:
         ranges = input_ranges(manifest)
         self.packer = _packer(entry, manifest, None)
         # precomputed once: per call, only the preprocessors and the checks of their arrays run
-        self.steps = [(m, pre[m], {n: f"{m}.{n}" for n in pre[m].input_names}) for m in self.modalities]
+        self.steps = [(m, pre[m], {n: feed_name(m, n) for n in pre[m].input_names}) for m in self.modalities]
         self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
                                 tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape),
                                 feed_bounds(ranges.get(t.name), entry.precision) if np.dtype(t.dtype).kind == "f"
@@ -170,6 +175,7 @@ class Runtime:
             raise UnknownPrecision(precision, manifest.precisions)
         chain = prov.resolve(providers, precision, bundle_dir, Path(trt_cache_dir) if trt_cache_dir else None)
         rt = cls(bundle_dir, manifest, precision, chain, intra_op_threads, prefer_ort_format)
+        _warn_degraded(bundle_dir, manifest, precision)
         if alpha is not None:
             rt.set_alpha(alpha)
         if fallback:
@@ -253,6 +259,17 @@ class Runtime:
     def providers(self) -> dict[str, list[str]]:
         """Providers actually in use per pattern (sessions created so far), from ``session.get_providers()``."""
         return {k: list(g.session.get_providers()) for k, g in self._graphs.items() if g.session is not None}
+
+    @property
+    def sequence_policies(self) -> dict[str, str]:
+        """Per sequence modality, what a clip longer than its trained maximum gets (runtime.modality_spec)."""
+        return {m: spec_of(e.preprocess).sequence_policy for m, e in sorted(self.manifest.modalities.items())
+                if hasattr(self._pre[m], "cuts")}
+
+    @property
+    def sequence_cuts(self) -> dict[str, int]:
+        """Per sequence modality, the samples truncated or windowed to the trained maximum since load."""
+        return {m: int(self._pre[m].cuts) for m in self.sequence_policies}
 
     @property
     def requested_providers(self) -> list[str]:
@@ -417,6 +434,20 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------- helpers
+def degraded_patterns(manifest: Manifest, precision: str) -> list[str]:
+    return [g.pattern for g in manifest.graphs if g.precision == precision and g.degraded]
+
+
+def _warn_degraded(bundle_dir: Path, manifest: Manifest, precision: str) -> None:
+    bad = degraded_patterns(manifest, precision)
+    if bad:
+        warnings.warn(DegradedGraphWarning(
+            f"{bundle_dir}: the {precision} graphs of {bad} missed their parity tolerance and were written with "
+            "--allow-degraded; their predictions may differ from the trained model's. Load another precision, or "
+            "re-export without --allow-degraded (`mmedge runtime info` shows which graphs); "
+            "warnings.simplefilter('error', DegradedGraphWarning) makes loading them an error"), stacklevel=3)
+
+
 def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarray:
     arr = arrays.get(spec.name)
     if arr is None:
@@ -427,16 +458,19 @@ def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarra
     shape = arr.shape
     if len(shape) != spec.ndim or not all([shape[i] == d for i, d in spec.fixed]):
         raise InputShapeError(f"input {spec.name!r} has shape {list(arr.shape)} after preprocessing; the graph wants "
-                              f"{spec.shape}", pattern=key, modality=spec.name.split(".", 1)[0])
+                              f"{spec.shape}", pattern=key, modality=feed_modality(spec.name))
     return arr
 
 
 def _dummy(spec: TensorSpec, manifest: Manifest) -> np.ndarray:
-    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequences at their configured length."""
-    modality = spec.name.split(".", 1)[0]
-    pre = manifest.modalities[modality].preprocess if modality in manifest.modalities else {}
-    seq = pre.get("max_frames") or pre.get("max_length") or 1
-    shape = [d if isinstance(d, int) else (1 if d == "batch" else int(seq)) for d in spec.shape]
+    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequence axes at the spec's warmup_length."""
+    def size(axis: str) -> int:
+        if axis == BATCH_AXIS:
+            return 1
+        entry = manifest.modalities.get(seq_axis_modality(axis) or feed_modality(spec.name))
+        return spec_of(entry.preprocess).warmup_length if entry is not None else 1
+
+    shape = [d if isinstance(d, int) else size(d) for d in spec.shape]
     fill = 1 if np.dtype(spec.dtype).kind in "iu" else 0
     return np.full(shape, fill, dtype=spec.dtype)
 

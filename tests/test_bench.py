@@ -145,8 +145,9 @@ def test_synthetic_raw_covers_every_modality_type_at_the_typical_length() -> Non
     wave = {"type": "audio", "input": "waveform", "sample_rate": 8000, "max_frames": 20,
             "mfcc": {"n_mfcc": 13, "n_fft": 256, "hop_length": 128, "n_mels": 26}}
     assert make_preprocessor(wave)([synthetic_raw(wave)])["values"].shape == (1, 20, 13)
-    ts = {"type": "timeseries", "n_channels": 4}  # no max_frames: DEFAULT_SEQ
-    assert make_preprocessor(ts)([synthetic_raw(ts)])["values"].shape == (1, 50, 4)
+    ts = {"type": "timeseries", "n_channels": 4}  # no max_frames: the one default, as for encoders and placeholders
+    from runtime.modality_spec import DEFAULT_MAX_FRAMES
+    assert make_preprocessor(ts)([synthetic_raw(ts)])["values"].shape == (1, DEFAULT_MAX_FRAMES, 4)
     img = {"type": "image", "size": [16, 12], "channels": 3}
     assert make_preprocessor(img)([synthetic_raw(img)])["pixel_values"].shape == (1, 3, 16, 12)
     text = synthetic_raw({"type": "text", "max_length": 16, "tokenizer_file": "unused"})

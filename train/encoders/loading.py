@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runtime.modality_spec import DEFAULT_MAX_FRAMES, DEFAULT_MAX_TOKENS, spec_of  # noqa: F401 - re-exported
 from train.data.cache import minilm_dir  # the one place that knows where MiniLM lives
 
 from .base import FORMAT_VERSION, META_FILE, ModalityEncoder
@@ -26,9 +27,8 @@ SIZES: dict[str, dict[str, int]] = {
     "base": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 256},
 }
 DEFAULT_VOCAB_SIZE = 30522  # the BERT-uncased vocabulary MiniLM's tokenizer.json uses
-DEFAULT_MAX_TOKENS = 128
-# Used when a spec has no max_frames yet (fit_preprocess normally fills it from the training split).
-DEFAULT_MAX_FRAMES = 512
+# A spec without max_length / max_frames (fit_preprocess normally fills them) gets DEFAULT_MAX_TOKENS /
+# DEFAULT_MAX_FRAMES positions: runtime.modality_spec's defaults, the same the runtime and the export use.
 
 
 def hf_offline() -> bool:
@@ -94,15 +94,14 @@ def default_encoder_config(
                 raise ValueError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
             config["patch_size"] = int(patch_size)
     elif modality_type == "text":
-        config.update(vocab_size=_vocab_size(spec),
-                      max_positions=int(spec.get("max_length", spec.get("max_tokens", DEFAULT_MAX_TOKENS))))
+        config.update(vocab_size=_vocab_size(spec), max_positions=spec_of({**spec, "type": "text"}).sequence_length)
     else:
-        n_features = spec.get("n_features", spec.get("n_channels", spec.get("mfcc", {}).get("n_mfcc")))
+        view = spec_of({**spec, "type": modality_type})
+        n_features = view.feature_width
         if n_features is None:
             raise KeyError(f"{modality_type} preprocess spec needs 'n_features', 'n_channels' or 'mfcc.n_mfcc'; "
                            f"got keys {sorted(spec)}")
-        max_frames = int(spec.get("max_frames") or DEFAULT_MAX_FRAMES)
-        config.update(n_features=int(n_features), max_positions=max_frames + 1)  # +1: CLS
+        config.update(n_features=int(n_features), max_positions=view.sequence_length + 1)  # +1: CLS
     return config
 
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from runtime.patterns import Pattern
+from runtime.patterns import Pattern, feed_name
 from train.engine.batches import Batch
 from train.data.types import ModalitySpec, MultimodalDataset, Task
 
@@ -178,7 +178,7 @@ class PatternModule(nn.Module):
         # The same module objects as the model's (shared weights), for present modalities only.
         self.encoders = nn.ModuleDict({m: encoders[m] for m in self.modalities})
         self.input_spec: list[tuple[str, str]] = [(m, n) for m in self.modalities for n in encoders[m].input_names]
-        self.input_names: list[str] = [f"{m}.{n}" for m, n in self.input_spec]
+        self.input_names: list[str] = [feed_name(m, n) for m, n in self.input_spec]
 
     def fuse(self, inputs: dict[str, dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
