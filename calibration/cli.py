@@ -97,17 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {f}\n{_summary(json.loads(f.read_text()))}")
         return 0
 
-    from calibration.compare import Tolerance
+    from dataclasses import replace
+
+    from calibration.compare import FP16_TOLERANCE, INT8_TOLERANCE
 
     feeds = load_feeds(args.feeds, args.batch)
     if args.cmd == "fp16":
         from calibration.fp16 import convert_fp16
 
         report = convert_fp16(args.onnx, args.out, feeds, io_dtype=args.io_dtype, extra_keep=set(args.keep),
-                              tolerance=Tolerance(max_rel=args.max_rel, min_top1=args.min_top1))
+                              tolerance=replace(FP16_TOLERANCE, max_rel=args.max_rel, min_top1=args.min_top1))
     else:
         from calibration.int8 import quantize_int8
 
         report = quantize_int8(args.onnx, args.out, feeds, method=args.method, per_channel=not args.no_per_channel,
-                               tolerance=Tolerance(max_rel=None, min_top1=args.min_top1))
+                               tolerance=replace(INT8_TOLERANCE, min_top1=args.min_top1))
     return _finish(report, args.out, args.allow_degraded)

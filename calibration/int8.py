@@ -29,7 +29,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       create_calibrator, quantize_static, save_tensors_data)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from calibration.compare import Comparison, Tolerance, compare
+from calibration.compare import INT8_TOLERANCE, Comparison, Tolerance, compare
 
 Form = Literal["s8s8", "u8s8"]
 from calibration.ranges import Feed, make_session, run_feeds
@@ -40,7 +40,6 @@ METHODS: dict[str, CalibrationMethod] = {"minmax": CalibrationMethod.MinMax,
                                          "percentile": CalibrationMethod.Percentile}
 # Compute ops TensorRT runs in INT8 from QDQ; quantizing elementwise ops mostly costs accuracy.
 DEFAULT_OPS = ("MatMul", "Gemm", "Conv")
-INT8_TOLERANCE = Tolerance(max_rel=None, min_top1=0.95)
 
 
 class FeedReader(CalibrationDataReader):
@@ -125,7 +124,7 @@ class Int8Report:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(agreement=self.agreement.to_dict(), tolerance=self.tolerance.to_dict(), passed=self.passed,
+        d.update(agreement=self.agreement.to_dict(self.tolerance), tolerance=self.tolerance.to_dict(), passed=self.passed,
                  failures=self.agreement.failures(self.tolerance))
         return d
 

@@ -41,6 +41,7 @@ from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tole
                              validate_graph)
 from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
+from runtime.errors import ConfigError, MMEdgeError
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
 from runtime.modality_spec import placeholder_recipe
 from runtime.patterns import Pattern, all_patterns
@@ -93,19 +94,19 @@ class BuildConfig:
             self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
-            raise ValueError(f"unknown precision(s) {bad or self.precisions}; choose from {', '.join(PRECISIONS)} "
+            raise ConfigError(f"unknown precision(s) {bad or self.precisions}; choose from {', '.join(PRECISIONS)} "
                              "or a comma list such as fp32,fp16,int8")
         self.precisions = tuple(p for p in PRECISIONS if p in self.precisions)  # canonical order, no dupes
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+            raise ConfigError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.int8_target not in ("cpu", "tensorrt"):
-            raise ValueError(f"unknown int8 target {self.int8_target!r}; choose cpu or tensorrt")
+            raise ConfigError(f"unknown int8 target {self.int8_target!r}; choose cpu or tensorrt")
         if self.engine == "tensorrt":
             self.int8_target = "tensorrt"
         if self.calib_samples < 2:
-            raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
+            raise ConfigError("calib_samples must be >= 2 (the export example needs two rows)")
         if not 0.0 < self.alpha < 1.0 or not (self.target_accuracy is None or 0.0 < self.target_accuracy <= 1.0):
-            raise ValueError(f"alpha must be in (0, 1) and target accuracy in (0, 1], got {self.alpha!r} and "
+            raise ConfigError(f"alpha must be in (0, 1) and target accuracy in (0, 1], got {self.alpha!r} and "
                              f"{self.target_accuracy!r}")
 
     def run_dir(self) -> Path:
@@ -125,7 +126,7 @@ class PatternData:
     val_labels: np.ndarray
 
 
-class BuildError(RuntimeError):
+class BuildError(MMEdgeError, RuntimeError):
     """A build that cannot start or finish (missing run, calibration unavailable, ...)."""
 
 

@@ -23,14 +23,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import MMEdgeError
 from runtime.manifest import GraphEntry, Manifest, relpath, sha256_file
 
 DEFAULT_WORKSPACE = 1 << 30  # 1 GiB
 TIMING_CACHE = "engines/timing.cache"
 
 
-class TensorRTUnavailable(RuntimeError):
-    pass
+class TensorRTUnavailable(MMEdgeError, RuntimeError):
+    """--engine tensorrt on a machine without TensorRT 10."""
 
 
 def require_tensorrt() -> Any:

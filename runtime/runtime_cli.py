@@ -23,7 +23,7 @@ from runtime.manifest import GraphEntry, Manifest, load_manifest
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class CLIInputError(Exception):
+class CLIInputError(MMEdgeError):
     """A file the CLI cannot read (the runtime itself never sees it)."""
 
 
