@@ -16,15 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_errors import EPILOG, EXIT_REFUSED, run_cli
+from runtime.errors import ConfigError, NotFound
+
 
 def load_feeds(path: Path, batch: int) -> list[dict[str, np.ndarray]]:
     if not path.is_file():
-        raise SystemExit(f"mmedge calibrate: feeds file {path} not found; write one with "
+        raise NotFound(f"feeds file {path} not found; write one with "
                          "np.savez(path, **{input_name: array}) from real training samples")
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     if not arrays:
-        raise SystemExit(f"{path}: no arrays; save one per graph input, e.g. np.savez(path, **{{'audio.values': x}})")
+        raise ConfigError(f"{path}: no arrays; save one per graph input, e.g. np.savez(path, **{{'audio.values': x}})")
     n = min(len(a) for a in arrays.values())
     return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
 
@@ -59,13 +62,13 @@ def _finish(report: Any, out: Path, allow_degraded: bool) -> int:
     try:
         check_tolerance(report, graph=str(out))
     except PrecisionToleranceError as err:
-        print(f"mmedge calibrate: {err}", file=sys.stderr)
-        return 0 if allow_degraded else 1
+        print(f"mmedge calibrate: error: {err}", file=sys.stderr)
+        return 0 if allow_degraded else EXIT_REFUSED
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmedge calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="mmedge calibrate", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("fp16", "int8"):
@@ -87,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="print a saved calibration report (file or bundle directory)")
     r.add_argument("path", type=Path)
     args = p.parse_args(argv)
+    return run_cli(f"mmedge calibrate {args.cmd}", lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         files = sorted(args.path.rglob("*report*.json")) if args.path.is_dir() else [args.path]
         if not files:
-            print(f"mmedge calibrate: no *report*.json under {args.path}", file=sys.stderr)
-            return 2
+            raise NotFound(f"no *report*.json under {args.path}; give a report file or a bundle directory")
         for f in files:
             print(f"== {f}\n{_summary(json.loads(f.read_text()))}")
         return 0
