@@ -98,6 +98,32 @@ def uniform_rows(feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
     return out
 
 
+_SHAPE_LOGGER = "onnxruntime.tools.symbolic_shape_infer"
+
+
+class _DropBroadcastWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("unsupported broadcast between")
+
+
+@contextlib.contextmanager
+def _quiet_broadcast_warnings() -> Iterator[None]:
+    """Drop ORT symbolic shape inference's "unsupported broadcast between Min(...) ..." warnings.
+
+    They come from symbolic dims such as Min(max_len, seq + 1) of the audio frame mask, which
+    SymPy cannot prove broadcastable; inference keeps going with a fresh symbolic dim, and the
+    quantized graph is checked (onnx.checker) and measured against FP32 below, so the warning
+    says nothing a user can act on. Scoped to that logger and to this call.
+    """
+    logger = logging.getLogger(_SHAPE_LOGGER)
+    flt = _DropBroadcastWarnings()
+    logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
 @dataclass
 class Int8Report:
     method: str
@@ -198,7 +224,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[F
         # Shape inference only: ORT's optimiser could fuse into com.microsoft ops TensorRT lacks.
         src = str(Path(fp32_path).resolve())
         # chdir: when ORT's symbolic inference gives up it dumps sym_shape_infer_temp.onnx into the cwd.
-        with contextlib.chdir(tmp):
+        with contextlib.chdir(tmp), _quiet_broadcast_warnings():
             try:
                 quant_pre_process(src, str(pre), skip_optimization=True, skip_symbolic_shape=False)
             except Exception:  # it gives up on e.g. Min(max_len, seq + 1) in audio graphs: ONNX's suffices
