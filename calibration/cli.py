@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic import write_json_atomic
 from runtime.cli_errors import EPILOG, EXIT_REFUSED, run_cli
 from runtime.errors import ConfigError, NotFound
 
@@ -57,7 +58,7 @@ def _finish(report: Any, out: Path, allow_degraded: bool) -> int:
     from calibration.errors import PrecisionToleranceError, check_tolerance
 
     data = report.to_dict()
-    Path(f"{out}.report.json").write_text(json.dumps(data, indent=1))
+    write_json_atomic(Path(f"{out}.report.json"), data, indent=1)
     print(f"wrote {out} and {out}.report.json\n{_summary(data)}")
     try:
         check_tolerance(report, graph=str(out))

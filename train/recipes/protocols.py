@@ -240,7 +240,7 @@ def run_eval(cfg: EvalConfig, dataset: MultimodalDataset | None = None) -> dict[
     """Run ``cfg.protocol`` and write its files; returns {protocol: result, "files": [paths], "out": dir}."""
     import time
 
-    from train.engine.checkpoint import write_json_atomic
+    from runtime.atomic import write_json_atomic, write_text_atomic
     from train.engine.evaluate import evaluate_all_patterns
     from train.reporting.plots import plot_lee_grid, plot_sweep
 
@@ -268,11 +268,8 @@ def run_eval(cfg: EvalConfig, dataset: MultimodalDataset | None = None) -> dict[
         path = out_dir / name
         if name.endswith(".json"):
             write_json_atomic(path, data)
-        else:  # text: same temp-then-rename as the JSON
-            tmp = path.with_name(f".{name}.tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(data)
-            tmp.replace(path)
+        else:
+            write_text_atomic(path, data)
         result["files"].append(str(path))
 
     model = load_run(run_dir) if needs_run else None
