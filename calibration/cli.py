@@ -16,15 +16,19 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic import write_json_atomic
+from runtime.cli_errors import EPILOG, EXIT_REFUSED, run_cli
+from runtime.errors import ConfigError, NotFound
+
 
 def load_feeds(path: Path, batch: int) -> list[dict[str, np.ndarray]]:
     if not path.is_file():
-        raise SystemExit(f"mmedge calibrate: feeds file {path} not found; write one with "
+        raise NotFound(f"feeds file {path} not found; write one with "
                          "np.savez(path, **{input_name: array}) from real training samples")
     with np.load(path) as data:
         arrays = {k: data[k] for k in data.files}
     if not arrays:
-        raise SystemExit(f"{path}: no arrays; save one per graph input, e.g. np.savez(path, **{{'audio.values': x}})")
+        raise ConfigError(f"{path}: no arrays; save one per graph input, e.g. np.savez(path, **{{'audio.values': x}})")
     n = min(len(a) for a in arrays.values())
     return [{k: a[i:i + batch] for k, a in arrays.items()} for i in range(0, n, batch)]
 
@@ -54,18 +58,18 @@ def _finish(report: Any, out: Path, allow_degraded: bool) -> int:
     from calibration.errors import PrecisionToleranceError, check_tolerance
 
     data = report.to_dict()
-    Path(f"{out}.report.json").write_text(json.dumps(data, indent=1))
+    write_json_atomic(Path(f"{out}.report.json"), data, indent=1)
     print(f"wrote {out} and {out}.report.json\n{_summary(data)}")
     try:
         check_tolerance(report, graph=str(out))
     except PrecisionToleranceError as err:
-        print(f"mmedge calibrate: {err}", file=sys.stderr)
-        return 0 if allow_degraded else 1
+        print(f"mmedge calibrate: error: {err}", file=sys.stderr)
+        return 0 if allow_degraded else EXIT_REFUSED
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mmedge calibrate", description=__doc__,
+    p = argparse.ArgumentParser(prog="mmedge calibrate", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("fp16", "int8"):
@@ -87,27 +91,31 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="print a saved calibration report (file or bundle directory)")
     r.add_argument("path", type=Path)
     args = p.parse_args(argv)
+    return run_cli(f"mmedge calibrate {args.cmd}", lambda: _run(args))
 
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         files = sorted(args.path.rglob("*report*.json")) if args.path.is_dir() else [args.path]
         if not files:
-            print(f"mmedge calibrate: no *report*.json under {args.path}", file=sys.stderr)
-            return 2
+            raise NotFound(f"no *report*.json under {args.path}; give a report file or a bundle directory")
         for f in files:
             print(f"== {f}\n{_summary(json.loads(f.read_text()))}")
         return 0
 
-    from calibration.compare import Tolerance
+    from dataclasses import replace
+
+    from calibration.compare import FP16_TOLERANCE, INT8_TOLERANCE
 
     feeds = load_feeds(args.feeds, args.batch)
     if args.cmd == "fp16":
         from calibration.fp16 import convert_fp16
 
         report = convert_fp16(args.onnx, args.out, feeds, io_dtype=args.io_dtype, extra_keep=set(args.keep),
-                              tolerance=Tolerance(max_rel=args.max_rel, min_top1=args.min_top1))
+                              tolerance=replace(FP16_TOLERANCE, max_rel=args.max_rel, min_top1=args.min_top1))
     else:
         from calibration.int8 import quantize_int8
 
         report = quantize_int8(args.onnx, args.out, feeds, method=args.method, per_channel=not args.no_per_channel,
-                               tolerance=Tolerance(max_rel=None, min_top1=args.min_top1))
+                               tolerance=replace(INT8_TOLERANCE, min_top1=args.min_top1))
     return _finish(report, args.out, args.allow_degraded)

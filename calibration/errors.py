@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from calibration.compare import Comparison, Tolerance
+from runtime.errors import MMEdgeError
 
 
 _FIXES = {
@@ -13,7 +14,7 @@ _FIXES = {
 }
 
 
-class CalibrationError(Exception):
+class CalibrationError(MMEdgeError):
     """Base class for calibration failures."""
 
 

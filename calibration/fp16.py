@@ -21,7 +21,7 @@ from typing import Any, Iterable, Literal, Sequence
 import onnx
 from onnxconverter_common import float16
 
-from calibration.compare import Comparison, Tolerance, compare
+from calibration.compare import FP16_TOLERANCE, Comparison, Tolerance, compare
 from calibration.ranges import (FP16_MAX, Feed, RangeTable, collect_ranges, initializer_absmax, load_model,
                                 make_session, run_feeds)
 
@@ -73,7 +73,8 @@ class Fp16Report:
             "passed": self.passed, "failures": self.error_after.failures(self.tolerance),
             "kept_fp32": [asdict(k) for k in self.kept_fp32],
             "kept_fp32_op_types": dict(Counter(k.op_type for k in self.kept_fp32)),
-            "error_before": self.error_before.to_dict(), "error_after": self.error_after.to_dict(),
+            "error_before": self.error_before.to_dict(self.tolerance),
+            "error_after": self.error_after.to_dict(self.tolerance),
             "search": self.search, "sentinels": self.sentinels, "sizes": self.sizes, "op_types": self.op_types,
             "ranges_summary": self.ranges.summary(),
             **({"ranges": self.ranges.to_dict()["ranges"]} if full_ranges else {}),
@@ -206,7 +207,7 @@ def _evaluate(model: onnx.ModelProto, keep: Iterable[str], io_dtype: IoDtype, fe
 
 
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, feeds: Sequence[Feed], *,
-                 tolerance: Tolerance = Tolerance(), io_dtype: IoDtype = "fp32",
+                 tolerance: Tolerance = FP16_TOLERANCE, io_dtype: IoDtype = "fp32",
                  extra_keep: set[str] | frozenset[str] = frozenset(), safety: float = 2.0,
                  max_rounds: int = 8, keep_sentinels: bool = False) -> Fp16Report:
     """Write a mixed-precision FP16 graph to out_path and return its report.

@@ -100,7 +100,7 @@ def choose_cpu_int8(fp32_path: str | Path, out_path: str | Path, feeds: Sequence
     report = reports[chosen]
     candidates: dict[str, Any] = {
         f: {"p50_ms": round(p50[f], 4), "ratio_to_fp32": round(p50[f] / p50["fp32"], 4), "passed": reports[f].passed,
-            "agreement": reports[f].agreement.to_dict()} for f in forms}
+            "agreement": reports[f].agreement.to_dict(reports[f].tolerance)} for f in forms}
     candidates.update({f: {"error": why_not} for f, why_not in unbuilt.items()})
     report.choice = {"chosen": chosen, "why": why, "fp32_p50_ms": round(p50["fp32"], 4), "candidates": candidates,
                      "timing": f"batch 1, 1 thread, median of {rounds} alternated rounds"}

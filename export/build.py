@@ -41,6 +41,7 @@ from export.validate import (DEFAULT_TOLERANCES, ParityError, ParityResult, Tole
                              validate_graph)
 from export.weights import share_bundle_weights
 from runtime.atomic import atomic_dir as atomic_bundle_dir
+from runtime.errors import ConfigError, MMEdgeError
 from runtime.manifest import (PRECISIONS, GraphEntry, Manifest, ModalityEntry, relpath, sha256_file)
 from runtime.modality_spec import placeholder_recipe, with_sequence_policy
 from runtime.patterns import Pattern, all_patterns, feed_modality
@@ -96,19 +97,19 @@ class BuildConfig:
             self.precisions = tuple(p.strip() for p in self.precisions.split(",") if p.strip())
         bad = [p for p in self.precisions if p not in PRECISIONS]
         if bad or not self.precisions:
-            raise ValueError(f"unknown precision(s) {bad or self.precisions}; choose from {', '.join(PRECISIONS)} "
+            raise ConfigError(f"unknown precision(s) {bad or self.precisions}; choose from {', '.join(PRECISIONS)} "
                              "or a comma list such as fp32,fp16,int8")
         self.precisions = tuple(p for p in PRECISIONS if p in self.precisions)  # canonical order, no dupes
         if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+            raise ConfigError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.int8_target not in ("cpu", "tensorrt"):
-            raise ValueError(f"unknown int8 target {self.int8_target!r}; choose cpu or tensorrt")
+            raise ConfigError(f"unknown int8 target {self.int8_target!r}; choose cpu or tensorrt")
         if self.engine == "tensorrt":
             self.int8_target = "tensorrt"
         if self.calib_samples < 2:
-            raise ValueError("calib_samples must be >= 2 (the export example needs two rows)")
+            raise ConfigError("calib_samples must be >= 2 (the export example needs two rows)")
         if not 0.0 < self.alpha < 1.0 or not (self.target_accuracy is None or 0.0 < self.target_accuracy <= 1.0):
-            raise ValueError(f"alpha must be in (0, 1) and target accuracy in (0, 1], got {self.alpha!r} and "
+            raise ConfigError(f"alpha must be in (0, 1) and target accuracy in (0, 1], got {self.alpha!r} and "
                              f"{self.target_accuracy!r}")
 
     def run_dir(self) -> Path:
@@ -128,8 +129,25 @@ class PatternData:
     val_labels: np.ndarray
 
 
-class BuildError(RuntimeError):
+class BuildError(MMEdgeError, RuntimeError):
     """A build that cannot start or finish (missing run, calibration unavailable, ...)."""
+
+
+class PrecisionStopped(ParityError):
+    """The build stopped at the first graph that missed its tolerance; ``passed`` are the precisions
+    every pattern passed before it, ``failed`` the one that failed, ``requested`` all of them."""
+
+    def __init__(self, failures: Sequence[Any], failed: str, passed: Sequence[str],
+                 requested: Sequence[str]) -> None:
+        self.failed, self.passed, self.requested = failed, tuple(passed), tuple(requested)
+        unchecked = [p for p in requested if p != failed and p not in passed]
+        hint = (f"Stopped at the first failing {failed} graph; nothing was written. Passed for every pattern: "
+                f"{', '.join(self.passed) or 'none'}"
+                + (f"; not built: {', '.join(unchecked)}" if unchecked else "") + ". Fix: "
+                + (f"--precision {','.join(self.passed)} writes the passing precisions, " if self.passed else "")
+                + "--allow-degraded writes everything with failing graphs marked degraded, or use more or other "
+                  "calibration samples (--calib-samples, --int8-method)")
+        super().__init__(failures, hint)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
@@ -250,8 +268,11 @@ def _ort_copy(src: Path, dst: Path) -> None:
 def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) -> Path:
     """Export every pattern of the run at every requested precision into one atomic bundle.
 
-    ``model``/``dataset`` skip loading the run (tests, notebooks). Raises ParityError listing
-    every failing (pattern, precision, output) unless ``allow_degraded``.
+    ``model``/``dataset`` skip loading the run (tests, notebooks). Precisions are built and
+    parity-checked one at a time (fp32, fp16, int8), each for every pattern, so a failure is
+    known as soon as it happens: unless ``allow_degraded``, the first failing graph stops the
+    build with ``PrecisionStopped`` (a ParityError naming the precisions that passed). Nothing is
+    written under the bundle's name then (runtime/atomic.py).
     """
     if cfg.engine == "tensorrt":
         from export.tensorrt import require_tensorrt
@@ -268,18 +289,17 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
     out = Path(cfg.out or default_bundle_dir(cfg, model.info.name))
     seq = sequence_axes(model.info.modalities)
     entries: list[GraphEntry] = []
-    results: list[ParityResult] = []
     ranges: dict[str, list[float]] = {}
     fusion: dict[str, Any] = {}  # pattern -> what the optimisation step fused (and what it expected)
     optimise = cfg.optimize and cfg.int8_target != "tensorrt"
     with atomic_bundle_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="mmedge-export-") as work:
         steps = tqdm(total=len(patterns) * len(cfg.precisions), desc=f"export {out.name}", unit="graph",
                      disable=not cfg.progress)
-        for pattern in patterns:
+        sources: list[_PatternSource] = []
+        for pattern in patterns:  # the FP32 export of every pattern: the source of every precision
             key, module = pattern.key, model.pattern_module(pattern).eval()
             data = pattern_data(model, dataset, pattern, cfg)
             _widen_ranges(ranges, data.calib_feeds)
-            conf_data = _confidence_data(model, dataset, pattern, cfg)
             fp32 = tmp / "graphs" / "fp32" / f"{key}.onnx"
             example = tuple(t[: min(4, len(t))] for t in data.calib_args[0])
             # LoRA merged, fusable attention; parity below is against the original (unmerged) branch
@@ -288,54 +308,30 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
             info = export_pattern(twin.module, example, standard, dynamic_seq=seq,
                                   exporter=cfg.exporter)  # type: ignore[arg-type]
             fp32.parent.mkdir(parents=True, exist_ok=True)
-            fused: dict[str, Any] | None = None
             if optimise:
                 opt = optimise_graph(standard, fp32, twin.attention_layers)
-                fused = {**opt.to_dict(), "lora_merged": twin.lora_merged}
-                fusion[key] = fused
+                fusion[key] = {**opt.to_dict(), "lora_merged": twin.lora_merged}
                 for line in opt.warnings:
                     tqdm.write(f"warning: pattern {key}: {line}", file=sys.stderr)
             else:
                 shutil.copyfile(standard, fp32)
             stamp_graph(fp32, key, "fp32")
-            ref = torch_outputs(module, data.val_args)
-            for precision in cfg.precisions:
-                steps.set_postfix_str(f"{key} {precision}")
-                path, calib = fp32, None
-                if precision != "fp32":
-                    path = tmp / "graphs" / precision / f"{key}.onnx"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    t0 = time.perf_counter()
-                    source = fp32 if precision == "int8" and cfg.int8_target == "cpu" else standard
-                    report = convert_precision(precision, source, path, data.calib_feeds, cfg)
-                    seconds = time.perf_counter() - t0
-                    stamp_graph(path, key, precision)
-                    rep = tmp / "reports" / precision / f"{key}.json"
-                    rep.parent.mkdir(parents=True, exist_ok=True)
-                    rep.write_text(json.dumps(report, indent=1, default=str) + "\n")
-                    calib = {**_calibration_summary(report), "report": relpath(rep, tmp),
-                             "seconds": round(seconds, 3)}
-                # one check for the .onnx and its .ort copy: same torch reference, feeds, labels, tolerance
-                check = partial(validate_graph, pattern=key, precision=precision, feeds=data.val_feeds, ref=ref,
-                                task=model.task, labels=data.val_labels, tolerance=cfg.tolerances.get(precision),
-                                threads=cfg.threads)
-                parity = check(path)
-                results.append(parity)
-                entry = _entry(tmp, path, parity, calib, info.seconds, check if cfg.ort_format else None)
-                if optimise:  # None: standard ONNX throughout (TensorRT target or --no-optimize)
-                    entry.fused_ops = fused_op_counts(onnx.load(str(path), load_external_data=False))
-                if precision == "int8":
-                    entry.int8_type = str(report.get("form", "qdq-s8s8"))
+            sources.append(_PatternSource(key, data, fp32, standard, info.seconds, torch_outputs(module, data.val_args),
+                                          _confidence_data(model, dataset, pattern, cfg)))
+        passed: list[str] = []
+        for precision in cfg.precisions:
+            for src in sources:
+                steps.set_postfix_str(f"{src.key} {precision}")
+                entry, parity = _build_graph(tmp, src, precision, model.task, cfg, optimise)
                 entries.append(entry)
-                if conf_data is not None:
-                    entries[-1].confidence = _fit_confidence(path, key, precision, conf_data, model.task, tmp, cfg)
                 steps.update(1)
+                if not parity.passed and not cfg.allow_degraded:
+                    steps.close()
+                    raise PrecisionStopped(parity.failures, precision, passed, cfg.precisions)
+            passed.append(precision)
         steps.close()
-        failures = [f for r in results for f in r.failures]
-        if failures and not cfg.allow_degraded:
-            raise ParityError(failures, "Fix: more or other calibration samples (--calib-samples, --int8-method), "
-                                        "or pass --allow-degraded to write the bundle with these graphs marked "
-                                        "degraded")
+        order = {p.key: i for i, p in enumerate(patterns)}
+        entries.sort(key=lambda e: (order[e.pattern], PRECISIONS.index(e.precision)))
         if "fp32" not in cfg.precisions:  # the FP32 graphs were only the source of the conversions
             shutil.rmtree(tmp / "graphs" / "fp32", ignore_errors=True)
         manifest = _manifest(tmp, model, entries, cfg, ranges)
@@ -353,6 +349,50 @@ def build_bundle(cfg: BuildConfig, *, model: Any = None, dataset: Any = None) ->
         _add_confidence_files(tmp, manifest)
         manifest.save(tmp)  # last: a directory without manifest.json never loads
     return out
+
+
+@dataclass
+class _PatternSource:
+    """One pattern's FP32 export and what every precision of it is built and checked against."""
+
+    key: str
+    data: PatternData
+    fp32: Path  # the (fused) FP32 graph in the bundle: CPU-INT8 source
+    standard: Path  # standard ONNX: FP16 and TensorRT-INT8 source
+    export_seconds: float
+    ref: dict[str, np.ndarray]  # the PyTorch branch's outputs on data.val_args
+    confidence: Any
+
+
+def _build_graph(tmp: Path, src: _PatternSource, precision: str, task: str, cfg: BuildConfig,
+                 optimise: bool) -> tuple[GraphEntry, ParityResult]:
+    """Convert (unless fp32), parity-check and describe one graph of the bundle."""
+    path, calib, report = src.fp32, None, {}
+    if precision != "fp32":
+        path = tmp / "graphs" / precision / f"{src.key}.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        source = src.fp32 if precision == "int8" and cfg.int8_target == "cpu" else src.standard
+        report = convert_precision(precision, source, path, src.data.calib_feeds, cfg)
+        seconds = time.perf_counter() - t0
+        stamp_graph(path, src.key, precision)
+        rep = tmp / "reports" / precision / f"{src.key}.json"
+        rep.parent.mkdir(parents=True, exist_ok=True)
+        rep.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        calib = {**_calibration_summary(report), "report": relpath(rep, tmp), "seconds": round(seconds, 3)}
+    # one check for the .onnx and its .ort copy: same torch reference, feeds, labels, tolerance
+    check = partial(validate_graph, pattern=src.key, precision=precision, feeds=src.data.val_feeds, ref=src.ref,
+                    task=task, labels=src.data.val_labels, tolerance=cfg.tolerances.get(precision),
+                    threads=cfg.threads)
+    parity = check(path)
+    entry = _entry(tmp, path, parity, calib, src.export_seconds, check if cfg.ort_format else None)
+    if optimise:  # None: standard ONNX throughout (TensorRT target or --no-optimize)
+        entry.fused_ops = fused_op_counts(onnx.load(str(path), load_external_data=False))
+    if precision == "int8":
+        entry.int8_type = str(report.get("form", "qdq-s8s8"))
+    if src.confidence is not None:
+        entry.confidence = _fit_confidence(path, src.key, precision, src.confidence, task, tmp, cfg)
+    return entry, parity
 
 
 # ---- confidence calibration (export/confidence.py) ---------------------------------------------

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
+from runtime.cli_errors import EPILOG, EXIT_REFUSED
+from runtime.errors import MMEdgeError
 from runtime.manifest import PRECISIONS, Manifest
 
 
@@ -12,11 +15,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmedge export",
         description="Export one ONNX graph per modality-availability pattern into a deployable bundle.",
+        epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
     b = sub.add_parser("build", help="export a trained run to a bundle",
                        description="Export a trained run: one graph per pattern at fp32/fp16/int8, validated "
-                                   "against PyTorch on held-out samples, written atomically with a manifest.")
+                                   "against PyTorch on held-out samples, written atomically with a manifest. "
+                                   "Precisions are checked in turn (fp32, fp16, int8); the first failing graph "
+                                   "stops the build and prints the commands that write what passed.",
+                       epilog=EPILOG)
     b.add_argument("--method", default="cmpt", help="method of the run (default: cmpt)")
     b.add_argument("--precision", default="fp32",
                    help=f"{', '.join(PRECISIONS)} or a comma list, e.g. fp32,fp16,int8 (default: fp32)")
@@ -83,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _keys(args: argparse.Namespace) -> int:
     """keygen / sign: torch-free, runtime.signing does the work."""
-    from runtime.errors import MMEdgeError
     from runtime.signing import generate_key, key_id, load_public_key, sign_bundle
 
     prog = f"mmedge export {args.command}"
@@ -102,7 +108,28 @@ def _keys(args: argparse.Namespace) -> int:
               file=sys.stderr)
     except (MMEdgeError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-    return 1
+    return EXIT_REFUSED
+
+
+def rerun_commands(argv: list[str], passed: tuple[str, ...]) -> list[str]:
+    """The exact commands that write the precisions that passed, or everything marked degraded."""
+    rest: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--precision":
+            skip = True
+        elif not a.startswith("--precision="):
+            rest.append(a)
+    lines = []
+    if passed:
+        lines.append("write the passing precisions: " + shlex.join(["mmedge", "export", *rest, "--precision",
+                                                                      ",".join(passed)]))
+    if "--allow-degraded" not in argv:
+        lines.append("write everything, failing graphs marked degraded: "
+                     + shlex.join(["mmedge", "export", *argv, "--allow-degraded"]))
+    return lines
 
 
 def parse_sequence_policies(values: list[str]) -> dict[str, str]:
@@ -140,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in ("keygen", "sign"):
         return _keys(args)
-    from export.build import BuildConfig, BuildError, build_bundle
-    from export.tensorrt import TensorRTUnavailable
+    from export.build import BuildConfig, PrecisionStopped, build_bundle
     from export.validate import ParityError
     from runtime.manifest import load_manifest
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cfg = BuildConfig(method=args.method, precisions=args.precision, run=args.run, dataset=args.dataset,
                           out=args.out, allow_degraded=args.allow_degraded, engine=args.engine,
@@ -159,10 +186,13 @@ def main(argv: list[str] | None = None) -> int:
                           optimize=not args.no_optimize,
                           sequence_policy=parse_sequence_policies(args.sequence_policy))
         out = build_bundle(cfg)
-    except (ValueError, FileNotFoundError, BuildError, TensorRTUnavailable) as exc:
+    except MMEdgeError as exc:
         kind = "parity failed" if isinstance(exc, ParityError) else "error"
         print(f"mmedge export build: {kind}: {exc}", file=sys.stderr)
-        return 1
+        if isinstance(exc, PrecisionStopped):
+            for line in rerun_commands(argv, exc.passed):
+                print(line, file=sys.stderr)
+        return EXIT_REFUSED
     manifest = load_manifest(out)
     print(format_table(manifest))
     for b in manifest.baselines:

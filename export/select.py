@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from runtime.errors import MMEdgeError
 from runtime.patterns import SEPARATOR, Pattern, all_patterns
 
 
-class PatternSelectionError(ValueError):
+class PatternSelectionError(MMEdgeError, ValueError):
     """Filters that name unknown modalities or leave no pattern."""
 
 

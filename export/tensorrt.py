@@ -23,6 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import MMEdgeError
 from runtime.manifest import GraphEntry, Manifest, relpath, sha256_file
 from runtime.modality_spec import DEFAULT_MAX_FRAMES, spec_of
 from runtime.patterns import seq_axis_modality
@@ -31,8 +32,8 @@ DEFAULT_WORKSPACE = 1 << 30  # 1 GiB
 TIMING_CACHE = "engines/timing.cache"
 
 
-class TensorRTUnavailable(RuntimeError):
-    pass
+class TensorRTUnavailable(MMEdgeError, RuntimeError):
+    """--engine tensorrt on a machine without TensorRT 10."""
 
 
 def require_tensorrt() -> Any:

@@ -1,55 +1,27 @@
 """Parity of an exported graph with its PyTorch branch, on the same held-out real samples.
 
-Numbers per (pattern, precision), all over the validation rows:
-- ``max_abs``: max |ort - torch| per output;
-- ``max_rel``: max |ort - torch| / max |torch| per output (relative to the output's scale:
-  an element-wise ratio explodes on logits near zero and says nothing);
-- ``cosine_min`` / ``cosine_mean``: row-wise cosine similarity of ``fused_embedding``;
-- ``top1_agreement``: fraction of rows whose predicted class agrees (multi-label: fraction of
-  thresholded labels that agree);
-- ``metric_torch`` / ``metric_ort`` / ``metric_delta``: the task metric (accuracy; multi-label:
-  label-wise accuracy at 0.5) against the true labels.
-
-Default tolerances: fp32 1e-4 absolute on logits; fp16 top-1 agreement >= 0.99; int8 >= 0.97.
+The numbers and the tolerance are calibration/compare.py's (one comparator for the whole
+project); this module runs the graph and the branch and turns a comparison into a
+``ParityResult`` per (pattern, precision). Default tolerances (``PARITY_TOLERANCES``): fp32
+1e-4 absolute on logits; fp16 top-1 agreement >= 0.99; int8 the task metric within 1 point of
+PyTorch's plus top-1 agreement >= 0.97 on the rows whose PyTorch top-1 probability leads the
+runner-up by >= 0.05 (near ties flip on quantization noise without the model getting worse).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from calibration.compare import PARITY_TOLERANCES, Failure, Tolerance, compare, task_metric
+from runtime.errors import MMEdgeError
+
 Feed = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    max_abs_logits: float | None = None
-    min_top1: float | None = None
-    min_cosine: float | None = None
-
-
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(max_abs_logits=1e-4),
-    "fp16": Tolerance(min_top1=0.99),
-    "int8": Tolerance(min_top1=0.97),
-}
-
-
-@dataclass
-class Failure:
-    pattern: str
-    precision: str
-    output: str
-    check: str
-    value: float
-    limit: float
-
-    def __str__(self) -> str:
-        op = "<=" if self.check.startswith("max") else ">="
-        return (f"pattern {self.pattern} [{self.precision}] output {self.output!r}: {self.check} = {self.value:.6g}, "
-                f"needs {op} {self.limit:g}")
+DEFAULT_TOLERANCES = PARITY_TOLERANCES
+__all__ = ["DEFAULT_TOLERANCES", "Failure", "ParityError", "ParityResult", "Tolerance", "check_parity",
+           "compare_outputs", "ort_session", "run_graph", "task_metric", "torch_outputs", "validate_graph"]
 
 
 @dataclass
@@ -65,7 +37,10 @@ class ParityResult:
     metric_torch: float | None
     metric_ort: float | None
     metric_delta: float | None
-    tolerance: dict[str, float | None]
+    tolerance: dict[str, Any]
+    # top-1 agreement on the rows whose PyTorch margin is >= tolerance["top1_margin"]
+    confident_samples: int = 0
+    confident_top1_agreement: float | None = None
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -73,13 +48,13 @@ class ParityResult:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in self.__dict__.items() if k != "failures"}
         d["failures"] = [str(f) for f in self.failures]
         d["passed"] = self.passed
         return d
 
 
-class ParityError(ValueError):
+class ParityError(MMEdgeError, ValueError):
     """Graphs that miss their tolerance; ``failures`` lists every (pattern, output, numbers)."""
 
     def __init__(self, failures: Sequence[Failure], hint: str = "") -> None:
@@ -89,50 +64,20 @@ class ParityError(ValueError):
                          + (f"\n{hint}" if hint else ""))
 
 
-def _task_pred(task: str, probs: np.ndarray) -> np.ndarray:
-    return (probs >= 0.5) if task == "multi-label" else probs.argmax(axis=-1)
-
-
-def task_metric(task: str, probs: np.ndarray, labels: np.ndarray) -> float:
-    pred = _task_pred(task, probs)
-    if task == "multi-label":
-        return float((pred == (labels >= 0.5)).mean())
-    return float((pred == labels).mean())
-
-
 def compare_outputs(pattern: str, precision: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], *,
                     task: str = "single-label", labels: np.ndarray | None = None,
                     tolerance: Tolerance | None = None) -> ParityResult:
     """Compare concatenated outputs (``ref``: torch, ``got``: the graph) and apply ``tolerance``."""
-    tol = tolerance or DEFAULT_TOLERANCES.get(precision, Tolerance())
-    max_abs, max_rel = {}, {}
-    for name, r in ref.items():
-        r64, g64 = np.asarray(r, np.float64), np.asarray(got[name], np.float64)
-        if r64.shape != g64.shape:
-            raise ValueError(f"pattern {pattern} [{precision}] output {name!r}: shape {g64.shape} != torch {r64.shape}")
-        diff = np.abs(g64 - r64)
-        max_abs[name] = float(diff.max()) if diff.size else 0.0
-        max_rel[name] = max_abs[name] / max(float(np.abs(r64).max()) if r64.size else 0.0, 1e-12)
-    e_r = np.asarray(ref["fused_embedding"], np.float64)
-    e_g = np.asarray(got["fused_embedding"], np.float64)
-    norms = np.linalg.norm(e_r, axis=1) * np.linalg.norm(e_g, axis=1)
-    cos = (e_r * e_g).sum(axis=1) / np.maximum(norms, 1e-12)
-    task_probs_r, task_probs_g = np.asarray(ref["probabilities"]), np.asarray(got["probabilities"], np.float32)
-    agree = float((_task_pred(task, task_probs_r) == _task_pred(task, task_probs_g)).mean())
-    m_t = m_o = delta = None
-    if labels is not None:
-        m_t, m_o = task_metric(task, task_probs_r, labels), task_metric(task, task_probs_g, labels)
-        delta = m_o - m_t
-    result = ParityResult(pattern, precision, int(e_r.shape[0]), max_abs, max_rel, float(cos.min()),
-                          float(cos.mean()), agree, m_t, m_o, delta, asdict(tol))
-    if tol.max_abs_logits is not None and not max_abs["logits"] <= tol.max_abs_logits:
-        result.failures.append(Failure(pattern, precision, "logits", "max_abs", max_abs["logits"], tol.max_abs_logits))
-    if tol.min_top1 is not None and not agree >= tol.min_top1:
-        result.failures.append(Failure(pattern, precision, "probabilities", "top1_agreement", agree, tol.min_top1))
-    if tol.min_cosine is not None and not float(cos.min()) >= tol.min_cosine:
-        result.failures.append(Failure(pattern, precision, "fused_embedding", "cosine_min", float(cos.min()),
-                                       tol.min_cosine))
-    return result
+    tol = tolerance or PARITY_TOLERANCES.get(precision, Tolerance())
+    try:
+        c = compare(ref, got, task=task, labels=labels)
+    except ValueError as exc:
+        raise ValueError(f"pattern {pattern} [{precision}]: {exc}") from None
+    n, agree = c.confident(tol.top1_margin)
+    return ParityResult(pattern, precision, c.samples, {k: e.max_abs for k, e in c.outputs.items()},
+                        {k: e.rel for k, e in c.outputs.items()}, float(c.cosine_min), float(c.cosine_mean),
+                        float(c.top1_agreement), c.metric_ref, c.metric_got, c.metric_delta, tol.to_dict(), n, agree,
+                        c.failed(tol, pattern=pattern, precision=precision))
 
 
 def ort_session(path: Any, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:

@@ -1,4 +1,10 @@
-"""Write a directory atomically: bundles, runs and checkpoints all go through here.
+"""Write files and directories atomically: every output of mmedge goes through here.
+
+``atomic_file`` / ``write_text_atomic`` / ``write_bytes_atomic`` / ``write_json_atomic``: a
+temp file beside the target, renamed onto it (``os.replace``) only when fully written, so a
+reader sees the complete old or the complete new file, never a partial one.
+
+``atomic_dir`` (bundles, runs, checkpoints):
 
 Build in a temp dir beside the target and swap it in only on success, so a crash never
 leaves a half-written directory under the real name, and a reader never finds the target
@@ -14,16 +20,57 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 _NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temp path ``.<name>.tmp-<pid>-*<suffix>`` beside ``target`` (same suffix, so writers that
+    infer a format from it, e.g. matplotlib, still do); renamed onto ``target`` only on success,
+    removed on any exception. Permissions are a normal file's (0666 minus the umask)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=target.suffix,
+                                dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 2, **dump: Any) -> Path:
+    """``data`` as JSON plus a final newline (``dump``: more json.dumps keywords, e.g. default=str)."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, **dump) + "\n")
 
 
 @contextmanager

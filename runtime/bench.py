@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from runtime.bench_env import bundle_record, cold_start, machine_record
+from runtime.errors import UnknownPrecision
 from runtime.bench_inputs import Inputs, synthetic_raw  # noqa: F401 - re-exported for callers and tests
 from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.patterns import Pattern
@@ -235,7 +236,7 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
     manifest = load_manifest(bundle)
     missing = sorted(set(cfg.precisions or ()) - set(manifest.precisions))
     if missing:
-        raise ValueError(f"{bundle.name} has no {missing} graphs; it has {manifest.precisions}")
+        raise UnknownPrecision(",".join(missing), manifest.precisions)
     precisions = [p for p in manifest.precisions if cfg.precisions is None or p in cfg.precisions]
     inputs = Inputs(manifest, bundle)
     rec: dict[str, Any] = {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runtime.cli import DefaultsFormatter
+from runtime.cli_errors import EPILOG, EXIT_REFUSED, refusal
 
 
 def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
@@ -20,7 +21,7 @@ def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="mmedge bench", formatter_class=DefaultsFormatter,
+        prog="mmedge bench", formatter_class=DefaultsFormatter, epilog=EPILOG,
         description="Latency per availability pattern, precision and provider of an exported bundle: p50/p90/p99, "
                     "throughput, session creation time and peak RSS, plus placeholder_speedup (single-modality graph vs the full "
                     "graph with placeholders), runtime_overhead, torch_speedup (onnxruntime vs eager PyTorch; needs --run "
@@ -78,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     step, close = _progress()
     try:
         rec = run_benchmark(cfg, step)
-    except (MMEdgeError, ValueError) as exc:  # bad bundle, or a precision it does not have
+    except MMEdgeError as exc:  # bad bundle, or a precision it does not have; anything else is a bug
         close()
-        print(f"mmedge bench: {exc}", file=sys.stderr)
-        return 2
+        print(refusal("mmedge bench", exc), file=sys.stderr)
+        return EXIT_REFUSED
     close()
     paths = write_outputs(rec, out, log=lambda s: print(s, file=sys.stderr))
     print(markdown(rec))

@@ -6,13 +6,11 @@ killed run never leaves a half-written report.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import atomic_file, write_json_atomic, write_text_atomic
 from runtime.bench import TARGETS
 
 # --------------------------------------------------------------------------- Markdown
@@ -161,18 +159,12 @@ def plot(rec: dict[str, Any], path: Path) -> str | None:
     ax.set_title(f"{rec['bundle']}: {rec['settings']['runs']} runs, {rec['settings']['threads']} thread(s)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_outputs(rec: dict[str, Any], out_dir: Path, log: Callable[[str], None] = lambda s: None) -> dict[str, Path]:
@@ -184,6 +176,6 @@ def write_outputs(rec: dict[str, Any], out_dir: Path, log: Callable[[str], None]
         rec["plot_note"] = note
         log(note)
         del paths["png"]
-    _atomic_text(paths["json"], json.dumps(rec, indent=2, default=str) + "\n")
-    _atomic_text(paths["markdown"], markdown(rec))
+    write_json_atomic(paths["json"], rec, default=str)
+    write_text_atomic(paths["markdown"], markdown(rec))
     return paths

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from runtime.cli_errors import EPILOG, run_cli
+
 
 class DefaultsFormatter(argparse.HelpFormatter):
     """Appends "(default: X)" to option help, unless the help already explains it or there is none."""
@@ -39,7 +41,7 @@ def _usage() -> str:
     return (
         "usage: mmedge <group> [options]   (mmedge <group> --help for details)\n\n"
         "Multimodal classifiers that keep working when sensors drop out.\n\n"
-        f"groups:\n{rows}\n"
+        f"groups:\n{rows}\n\n{EPILOG}\n"
     )
 
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, _, extra = GROUPS[group]
     try:
         module = importlib.import_module(module_name)
-        return int(module.main(rest) or 0)
+        return run_cli(f"mmedge {group}", lambda: module.main(rest))
     except ModuleNotFoundError as err:
         if extra is None or not is_missing_dependency(err):
             raise

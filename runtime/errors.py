@@ -26,7 +26,10 @@ def _rebuild(cls: type, args: tuple, state: dict) -> "MMEdgeError":
 
 
 class MMEdgeError(Exception):
-    """Base of every error the runtime raises on purpose."""
+    """Root of every error mmedge raises on purpose (runtime, export, calibration, training, data).
+
+    Every CLI maps it to exit code 2 with its message on one stderr line and no traceback
+    (runtime/cli_errors.py); any other exception is a bug and keeps its traceback."""
 
     def __init__(self, message: str, *, pattern: str | None = None) -> None:
         self.pattern = pattern
@@ -34,6 +37,16 @@ class MMEdgeError(Exception):
 
     def __reduce__(self) -> tuple:  # keyword-only fields survive copy/pickle (e.g. across processes)
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class ConfigError(MMEdgeError, ValueError):
+    """A request that cannot be met as asked (an unknown name, a value out of range, options that
+    contradict each other), refused before any work starts. Outside the runtime's predict contract:
+    raised by the build, training and calibration front ends."""
+
+
+class NotFound(MMEdgeError, FileNotFoundError):
+    """A file, run or directory the request names does not exist; the message says how to create it."""
 
 
 class BundleIntegrityError(MMEdgeError):

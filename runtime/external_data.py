@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from runtime.errors import MMEdgeError
 
-class MalformedGraph(ValueError):
+
+class MalformedGraph(MMEdgeError, ValueError):
     """The file is not a well-formed ONNX protobuf (truncated, or not ONNX at all)."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runtime import manifest_schema
+from runtime.atomic import write_json_atomic
 from runtime.confidence import check_section
 from runtime.errors import BundleIntegrityError
 from runtime.patterns import Pattern
@@ -172,8 +173,7 @@ class Manifest:
 
     def save(self, bundle_dir: Path) -> Path:
         path = Path(bundle_dir) / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json_atomic(path, self.to_dict())
 
 
 def _graph(g: dict[str, Any]) -> GraphEntry:

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from runtime.errors import MMEdgeError
 
-class PreprocessError(ValueError):
+
+class PreprocessError(MMEdgeError, ValueError):
     """A raw input (or a spec) that cannot be preprocessed; ``reason`` is one of REASONS."""
 
     def __init__(self, reason: str, message: str, index: int | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli_errors import EPILOG, EXIT_REFUSED
 from runtime.errors import MMEdgeError
 from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.modality_spec import POLICY_KEY, spec_of
@@ -24,7 +25,7 @@ from runtime.modality_spec import POLICY_KEY, spec_of
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class CLIInputError(Exception):
+class CLIInputError(MMEdgeError):
     """A file the CLI cannot read (the runtime itself never sees it)."""
 
 
@@ -39,7 +40,10 @@ def read_raw(path_or_text: str, modality_type: str) -> Any:
         raise CLIInputError(f"{path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as exc:  # not a .npy file, or an object array
+            raise CLIInputError(f"cannot read {path} as a .npy array ({exc}); save it with np.save") from None
     if suffix in IMAGE_SUFFIXES and modality_type == "image":
         try:
             from PIL import Image
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if text is not None:
         print(text)
         return 0
-    parser = argparse.ArgumentParser(prog="mmedge runtime", description=__doc__,
+    parser = argparse.ArgumentParser(prog="mmedge runtime", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("info", "patterns, precisions, inputs, sequence policies and providers of a bundle"),
@@ -263,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             mp.error(f"give at least one of {', '.join(f[0] for f in flags.values())}")
         predict(args.bundle, args.precision, providers, raw, args.top_k, args.json, args.trusted_keys)
         return 0
-    except (MMEdgeError, CLIInputError, OSError, ValueError) as err:
+    except (MMEdgeError, OSError) as err:  # typed refusals, and files the CLI cannot read; else a bug
         print(f"mmedge runtime {args.cmd}: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import write_bytes_atomic
 from runtime.errors import BundleSignatureError
 
 SIGNATURE_FILE = "manifest.sig"
@@ -69,7 +70,7 @@ def generate_key(out: Path) -> tuple[Path, Path]:
     with os.fdopen(fd, "wb") as fh:
         fh.write(private)
     pub = out.with_name(out.name + ".pub")
-    _write_atomic(pub, public)
+    write_bytes_atomic(pub, public)
     return out, pub
 
 
@@ -132,7 +133,7 @@ def sign_bundle(bundle_dir: Path, private_key_path: Path) -> Path:
     body = {"algorithm": ALGORITHM, "key_id": key_id(_raw(key.public_key())),
             "signature": base64.b64encode(sig).decode("ascii")}
     path = bundle_dir / SIGNATURE_FILE
-    _write_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
     return path
 
 
@@ -174,7 +175,3 @@ def verify_manifest(bundle_dir: Path, manifest: Any, trusted_keys: Sequence[KeyL
                                "a key you do not trust. Re-export and re-sign it", path=str(path))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -307,9 +307,9 @@ def test_tampered_unsigned_or_foreign_signed_bundles_are_refused(signed: Path, b
 def test_sign_cli_errors_are_reported_not_raised(bundle: Path, keys, tmp_path: Path, capsys) -> None:
     from export.cli import main
 
-    assert main(["sign", str(tmp_path / "nope"), "--key", str(keys[0])]) == 1
+    assert main(["sign", str(tmp_path / "nope"), "--key", str(keys[0])]) == 2
     root = copy_bundle(bundle, tmp_path / "b")
-    assert main(["sign", str(root), "--key", str(keys[1])]) == 1  # a public key cannot sign
+    assert main(["sign", str(root), "--key", str(keys[1])]) == 2  # a public key cannot sign
     assert not (root / "manifest.sig").exists()
     err = capsys.readouterr().err
     assert "manifest.json" in err and "private" in err

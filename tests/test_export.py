@@ -70,7 +70,8 @@ def test_parity_error_lists_every_failure() -> None:
            "fused_embedding": np.ones((2, 4))}
     bad = {"logits": ref["logits"] + 0.5, "probabilities": ref["probabilities"][:, ::-1],
            "fused_embedding": -np.ones((2, 4))}
-    results = [compare_outputs(k, "fp32", ref, bad, tolerance=Tolerance(1e-4, 0.99, 0.9)) for k in ("audio", "image")]
+    results = [compare_outputs(k, "fp32", ref, bad, tolerance=Tolerance(max_abs={"logits": 1e-4}, min_top1=0.99,
+                                                                     min_cosine=0.9)) for k in ("audio", "image")]
     with pytest.raises(ParityError) as err:
         check_parity(results)
     assert len(err.value.failures) == 6

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import export.build as build_mod
-from export.build import BuildConfig, build_bundle
+from export.build import BuildConfig, PrecisionStopped, build_bundle
 from export.cli import main as cli_main
 from runtime.modality_spec import raw_from_recipe
 from export.tensorrt import TensorRTUnavailable, _profile_shapes, require_tensorrt
@@ -112,7 +112,9 @@ def test_failing_parity_raises_unless_degraded_allowed(tmp_path: Path) -> None:
     with pytest.raises(ParityError) as err:
         build_bundle(BuildConfig(method="late-fusion", out=tmp_path / "b", tolerances=strict, **QUICK),
                      model=model, dataset=data)
-    assert {f.pattern for f in err.value.failures} == {"audio+image", "audio", "image"}
+    # the build stops at the first failing graph (the first pattern's fp32): nothing after it is built
+    assert isinstance(err.value, PrecisionStopped) and err.value.failed == "fp32" and err.value.passed == ()
+    assert {f.pattern for f in err.value.failures} == {"audio+image"}
     assert "--allow-degraded" in str(err.value) and not (tmp_path / "b").exists()
     out = build_bundle(BuildConfig(method="late-fusion", out=tmp_path / "b", tolerances=strict, allow_degraded=True,
                                    **QUICK), model=model, dataset=data)
@@ -136,6 +138,47 @@ def test_cli_builds_a_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     assert m.dataset == "tiny2" and len(m.graphs) == 3 and json.loads((out / "manifest.json").read_text())
 
 
+def test_build_stops_at_the_first_failing_precision_and_says_what_passed(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    model, data = tiny("late-fusion", 2)
+    built: list[str] = []
+    convert = build_mod.convert_precision
+    monkeypatch.setattr(build_mod, "convert_precision", lambda p, *a, **k: built.append(p) or convert(p, *a, **k))
+    strict = {**build_mod.DEFAULT_TOLERANCES, "fp16": Tolerance(min_top1=1.01)}  # fp16 cannot pass
+    cfg = BuildConfig(method="late-fusion", precisions="fp32,fp16,int8", out=tmp_path / "b", tolerances=strict,
+                      **QUICK)
+    with pytest.raises(PrecisionStopped) as err:
+        build_bundle(cfg, model=model, dataset=data)
+    assert err.value.passed == ("fp32",) and err.value.failed == "fp16"
+    assert built == ["fp16"], built  # stopped at the first fp16 graph: no other fp16 graph, no int8 at all
+    text = str(err.value)
+    assert "Passed for every pattern: fp32; not built: int8" in text and "--precision fp32 " in text
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())  # nothing half-written, no temp dirs
+
+
+def test_cli_prints_the_commands_that_write_what_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys) -> None:
+    import train.data.registry as registry
+
+    model, data = tiny("cmpt", 2)
+    run = save_run(model, tmp_path / "run", "tiny2")
+    monkeypatch.setattr(registry, "load_dataset", lambda name, *a, **k: data)
+    monkeypatch.setitem(build_mod.DEFAULT_TOLERANCES, "fp16", Tolerance(min_top1=1.01))
+    out = tmp_path / "bundles" / "x"
+    argv = ["build", "--run", str(run), "--out", str(out), "--exporter", "legacy", "--no-progress",
+            "--no-placeholders", "--no-confidence", "--calib-samples", "8", "--val-samples", "12", "--precision",
+            "fp32,fp16"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "parity failed" in err and not out.exists()
+    assert ("write the passing precisions: mmedge export build --run " + str(run)) in err
+    assert err.count("--precision fp32\n") == 1 and "--precision fp32,fp16 --allow-degraded" in err
+    # the first printed command does write a bundle of the passing precision
+    first = next(line for line in err.splitlines() if line.startswith("write the passing"))
+    assert cli_main(first.split(": ", 1)[1].split()[2:]) == 0
+    assert load_manifest(out).precisions == ["fp32"]
+
+
 def test_cli_tensorrt_without_tensorrt_says_so(tmp_path: Path, capsys) -> None:
     try:
         require_tensorrt()
@@ -143,7 +186,7 @@ def test_cli_tensorrt_without_tensorrt_says_so(tmp_path: Path, capsys) -> None:
     except TensorRTUnavailable:
         pass
     rc = cli_main(["build", "--engine", "tensorrt", "--run", str(tmp_path / "none"), "--no-progress"])
-    assert rc == 1 and "TensorRT 10" in capsys.readouterr().err
+    assert rc == 2 and "TensorRT 10" in capsys.readouterr().err
 
 
 def test_tensorrt_profiles_follow_symbolic_axes(bundle3: Path) -> None:

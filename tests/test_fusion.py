@@ -111,8 +111,9 @@ def test_cpu_int8_and_fused_fp32_pass_parity_for_every_pattern(method: str, tmp_
                       # the TorchScript exporter cannot size srmm's BatchNorm; dynamo (the shipping one) can
                       exporter="dynamo" if method == "srmm" else "legacy",
                       # srmm's untrained tiny branch (L2-normalised features, random head) gives near-tied
-                      # probabilities, where top-1 agreement flips on INT8 noise: its int8 graphs may be
-                      # degraded (marked so); margin-aware acceptance would let them pass.
+                      # probabilities. The margin-aware acceptance passes its confident rows, but on 12 rows
+                      # one flipped near tie moves the task metric by 8.3 points, over the 1-point bound
+                      # (measured: image int8 -16.7 points): its int8 graphs may be degraded (marked so).
                       allow_degraded=method == "srmm")
     m = load_manifest(build_bundle(cfg, model=model, dataset=data))  # raises ParityError on any failure
     assert len(m.graphs) == 2 * len(all_patterns(model.modalities))

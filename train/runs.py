@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from runtime.atomic import atomic_dir
+from runtime.errors import ConfigError, NotFound
 
 FORMAT_VERSION = 1
 MODEL_FILE, CONFIG_FILE, METRICS_FILE = "model.safetensors", "config.json", "metrics.json"
@@ -56,7 +57,7 @@ def rebuild_encoder(entry: dict[str, Any]) -> torch.nn.Module:
     from train.encoders.loading import ARCHITECTURES
 
     if entry["architecture"] not in ARCHITECTURES:
-        raise ValueError(f"unknown encoder architecture {entry['architecture']!r}; known {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unknown encoder architecture {entry['architecture']!r}; known {sorted(ARCHITECTURES)}")
     hf = dict(entry["hf_config"])
     hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
     backbone = AutoModel.from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION)
@@ -82,10 +83,10 @@ def has_run(run_dir: Path) -> bool:
 def read_run_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train first with `mmedge train run --method M --dataset D`")
+        raise NotFound(f"{path} not found; train first with `mmedge train run --method M --dataset D`")
     config = json.loads(path.read_text())
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {config.get('format_version')} is not {FORMAT_VERSION}")
+        raise ConfigError(f"{path}: format_version {config.get('format_version')} is not {FORMAT_VERSION}")
     return config
 
 
@@ -107,7 +108,7 @@ def read_metrics(directory: Path) -> dict[str, Any]:
     """``metrics.json`` of a method run or a unimodal run."""
     path = Path(directory) / METRICS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train first")
+        raise NotFound(f"{path} not found; train first")
     return json.loads(path.read_text())
 
 

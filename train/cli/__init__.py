@@ -5,6 +5,8 @@ import argparse
 import sys
 
 from runtime.cli import is_missing_dependency, missing_extra_message
+from runtime.cli_errors import EPILOG, EXIT_REFUSED, refusal
+from runtime.errors import MMEdgeError
 from train.cli.ablation import add_ablation_parsers
 from train.cli.compare import add_compare_parser
 from train.cli.eval import add_eval_parser
@@ -14,7 +16,7 @@ from train.cli.train import add_run_parser, add_unimodal_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmedge train",
-        description="Pretrain unimodal encoders and train missing-modality methods.",
+        description="Pretrain unimodal encoders and train missing-modality methods.", epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
     add_unimodal_parser(sub)
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(missing_extra_message(f"mmedge train {args.command}", err, "train"), file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input gets one clear line, not a traceback.
-        print(f"mmedge train {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except MMEdgeError as err:
+        # A typed refusal (bad input, missing run, data format) gets one clear line; any other
+        # exception is a bug and keeps its traceback (runtime/cli_errors.py).
+        print(refusal(f"mmedge train {args.command}", err), file=sys.stderr)
+        return EXIT_REFUSED

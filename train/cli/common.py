@@ -5,6 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
+from runtime.errors import ConfigError
+
 
 def add_data_args(p: argparse.ArgumentParser, seed_help: str = "seeds data order, init and dropout",
                   limit_help: str = "cap samples per split (quick runs)") -> None:
@@ -23,7 +25,7 @@ def parse_options(items: list[str]) -> dict[str, object]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

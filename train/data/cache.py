@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.atomic import atomic_file
 from runtime.manifest import sha256_file  # one checksum helper for bundles and data  # noqa: F401
 from train.data.errors import DatasetFetchError
 
@@ -40,13 +40,5 @@ def default_tokenizer_file() -> Path:
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temp file in path's folder, then rename it onto path (no half-written cache)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shared like any data file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp:  # a normal file's permissions: the cache is shared like any data file
+        write(tmp)

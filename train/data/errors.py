@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.errors import MMEdgeError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(MMEdgeError, ValueError):
     """A user-format dataset that does not follow the format; names the file and line."""
 
     def __init__(self, file: Path | str, line: int | None, message: str, fix: str = "") -> None:
@@ -14,7 +16,7 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}: {message}" + (f". Fix: {fix}" if fix else ""))
 
 
-class DatasetFetchError(RuntimeError):
+class DatasetFetchError(MMEdgeError, RuntimeError):
     """A built-in dataset could not be downloaded or extracted."""
 
 
@@ -22,5 +24,5 @@ class ChecksumError(DatasetFetchError):
     """A fetched or cached file does not match its pinned sha256 (the bad file is deleted)."""
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(MMEdgeError, ValueError):
     """load_dataset got a name that is neither built in nor a user-format directory."""

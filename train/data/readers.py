@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import MMEdgeError
+
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image": (".png", ".jpg", ".jpeg", ".npy"),
     "audio": (".wav", ".npy"),
@@ -13,7 +15,7 @@ EXTENSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ReadError(ValueError):
+class ReadError(MMEdgeError, ValueError):
     """A file that exists but cannot be read as its modality; ``fix`` says what to do."""
 
     def __init__(self, message: str, fix: str = "") -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from runtime.errors import ConfigError
+
 
 MIN_BATCH = 8
 
@@ -37,9 +39,9 @@ def plan_budget(num_train: int, batch_size: int, num_processes: int, epochs: int
     Refuses a warm-up as long as the run (the whole run would train at 0.1x lr).
     """
     if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     if warmup_epochs < 0 or warmup_epochs >= epochs:
-        raise ValueError(f"--warmup-epochs {warmup_epochs:g} with --epochs {epochs}: the warm-up must be shorter than "
+        raise ConfigError(f"--warmup-epochs {warmup_epochs:g} with --epochs {epochs}: the warm-up must be shorter than "
                          f"the run (else every step trains at 0.1x lr); try --warmup-epochs {max(0, epochs // 10)}")
 
     def steps(batch: int) -> int:

@@ -9,29 +9,17 @@ previous checkpoint intact rather than a half-written one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from runtime.atomic import atomic_dir  # noqa: F401  (re-exported: runs and checkpoints use it)
+from runtime.atomic import atomic_dir, write_json_atomic  # noqa: F401  (re-exported: runs and checkpoints use them)
 
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.pt"
 STATE = "state.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

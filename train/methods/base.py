@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from runtime.patterns import Pattern, feed_name
 from train.engine.batches import Batch
 from train.data.types import ModalitySpec, MultimodalDataset, Task
@@ -121,7 +122,7 @@ def adapt_encoders(encoders: Mapping[str, nn.Module], mode: str, *, lora_rank: i
     embeddings of an encoder without token inputs stay frozen).
     """
     if mode not in ADAPTATIONS:
-        raise ValueError(f"unknown encoder adaptation {mode!r}; choose one of {list(ADAPTATIONS)}")
+        raise ConfigError(f"unknown encoder adaptation {mode!r}; choose one of {list(ADAPTATIONS)}")
     for enc in encoders.values():
         enc.requires_grad_(mode == "full")
         if mode == "full":
@@ -268,7 +269,7 @@ class MultimodalModel(nn.Module):
         names = {f.name for f in dataclasses.fields(cls.config_class)}
         unknown = sorted(set(config) - names)
         if unknown:
-            raise ValueError(f"unknown {cls.method_name} option(s) {unknown}; valid: {sorted(names)}")
+            raise ConfigError(f"unknown {cls.method_name} option(s) {unknown}; valid: {sorted(names)}")
         return cls.config_class(**config)
 
     @classmethod
@@ -284,7 +285,7 @@ class MultimodalModel(nn.Module):
         if heads is not None and cls.uses_unimodal_heads:
             missing = sorted(set(model.modalities) - set(heads))
             if missing:
-                raise ValueError(f"{cls.method_name} starts from the unimodal heads; none for {missing}. "
+                raise ConfigError(f"{cls.method_name} starts from the unimodal heads; none for {missing}. "
                                  "Re-run `mmedge train unimodal` for them (it saves head.safetensors)")
             model.load_unimodal_heads(heads)
         return model

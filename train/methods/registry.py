@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
+from runtime.errors import ConfigError
+
 from train.methods.base import DatasetInfo, MultimodalModel
 
 _REGISTRY: dict[str, type[MultimodalModel]] = {}
@@ -50,7 +52,7 @@ def discover_methods() -> None:
 def get_method(name: str) -> type[MultimodalModel]:
     discover_methods()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {available_methods()}")
+        raise ConfigError(f"unknown method {name!r}; available: {available_methods()}")
     return _REGISTRY[name]
 
 

@@ -40,6 +40,7 @@ from train.recipes.method import TrainConfig
 from train.recipes.unimodal import unimodal_folder
 from train.reporting.claims import claim_verdicts
 from train.runs import run_dir
+from runtime.errors import ConfigError
 
 
 @dataclass
@@ -162,7 +163,7 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     methods = resolve_methods(cfg)
     cfg = dataclasses.replace(cfg, methods=methods)
     if cfg.lee and not 0 < cfg.eta < 1:
-        raise ValueError(f"--eta must be in (0, 1), got {cfg.eta}")
+        raise ConfigError(f"--eta must be in (0, 1), got {cfg.eta}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     eff = settings(cfg)

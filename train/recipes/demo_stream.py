@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.atomic import atomic_file
 from runtime.errors import NoModalityAvailable
 from runtime.session import Runtime
 from train.data.types import Sample
@@ -166,8 +167,10 @@ def plot_stream(results: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.set_title("av-digits through the runtime, sensors dropping out")
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
     return path

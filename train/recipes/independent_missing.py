@@ -22,6 +22,7 @@ from train.engine.checkpoint import write_json_atomic
 from train.engine.evaluate import evaluate_mixed
 from train.recipes.method import TrainConfig, collate_for, train_method
 from train.runs import load_run, run_dir
+from runtime.errors import ConfigError
 
 ETAS: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
 
@@ -33,7 +34,7 @@ def independent_missing(samples: Sequence[Sample], modalities: Sequence[str], et
     """
     names = _check(len(samples), modalities, eta, "eta")
     if eta >= 1.0:
-        raise ValueError(f"eta must be < 1 (every sample keeps at least one modality), got {eta}")
+        raise ConfigError(f"eta must be < 1 (every sample keeps at least one modality), got {eta}")
     rng = np.random.default_rng(seed)
     out = []
     for s in samples:

@@ -27,6 +27,7 @@ from train.engine.validation import SELECTIONS, ensure_validation_split
 from train.methods.base import OUTPUT_NAMES, DatasetInfo, MultimodalModel
 from train.methods.registry import get_method
 from train.runs import FORMAT_VERSION, encoder_entry, run_dir, save_run
+from runtime.errors import ConfigError, NotFound
 
 
 @dataclass
@@ -95,11 +96,11 @@ def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], n
     for m, enc in encoders.items():
         path = directory / m / "head.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"no unimodal head at {path}; re-run `mmedge train unimodal --modality {m}`")
+            raise NotFound(f"no unimodal head at {path}; re-run `mmedge train unimodal --modality {m}`")
         state = load_file(str(path))
         head = torch.nn.Linear(int(enc.hidden_size), num_classes)
         if tuple(state["weight"].shape) != tuple(head.weight.shape):
-            raise ValueError(f"{path}: head weight {tuple(state['weight'].shape)} does not fit "
+            raise ConfigError(f"{path}: head weight {tuple(state['weight'].shape)} does not fit "
                              f"{tuple(head.weight.shape)} (hidden {enc.hidden_size}, {num_classes} classes); "
                              "was the unimodal run pretrained on another label set (--pretrain-task)?")
         head.load_state_dict(state)
@@ -115,7 +116,7 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False)
     for m, spec in data.modalities.items():
         enc_dir = directory / m / "encoder"
         if not (enc_dir / "config.json").is_file():
-            raise FileNotFoundError(
+            raise NotFound(
                 f"no pretrained {m!r} encoder at {enc_dir}; run `mmedge train unimodal --dataset {data.name} "
                 f"--modality {m}` first (or pass --unimodal-dir)")
         encoders[m] = load_encoder(enc_dir, spec.type)
@@ -123,14 +124,14 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False)
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
             if meta.get("type", spec.type) != spec.type:
-                raise ValueError(f"{meta_path} is a {meta['type']!r} modality but {data.name!r} has {m!r} as {spec.type!r}")
+                raise ConfigError(f"{meta_path} is a {meta['type']!r} modality but {data.name!r} has {m!r} as {spec.type!r}")
             # Normalisation statistics the encoder was trained with (a different --limit refits them).
             spec = ModalitySpec(m, spec.type, dict(meta.get("preprocess", spec.preprocess)))
             tasks[m] = meta.get("pretrain_task", "labels")
         specs[m] = spec
     task = pretrain_task_of(tasks, directory)
     if heads and task != "labels":
-        raise ValueError(f"the unimodal encoders in {directory} were pretrained on {task!r}, so their heads predict "
+        raise ConfigError(f"the unimodal encoders in {directory} were pretrained on {task!r}, so their heads predict "
                          f"{task} classes, not {data.name!r}'s {data.num_classes} labels; this method uses the "
                          "unimodal heads (uses_unimodal_heads): pretrain with `mmedge train unimodal "
                          "--pretrain-task labels` (or pass such a --unimodal-dir), or pick a method without heads")
@@ -142,7 +143,7 @@ def pretrain_task_of(tasks: dict[str, str], directory: Path) -> str:
     """The one pretraining task of every modality's encoder (runs without the field: ``labels``)."""
     found = sorted(set(tasks.values())) or ["labels"]
     if len(found) > 1:
-        raise ValueError(f"the unimodal encoders in {directory} were pretrained on different tasks {tasks}; "
+        raise ConfigError(f"the unimodal encoders in {directory} were pretrained on different tasks {tasks}; "
                          "re-pretrain them with one --pretrain-task")
     return found[0]
 
@@ -194,7 +195,7 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
     several processes every rank trains its shard and evaluates; only the main process writes.
     """
     if cfg.select not in SELECTIONS:
-        raise ValueError(f"--select must be one of {list(SELECTIONS)}, got {cfg.select!r}")
+        raise ConfigError(f"--select must be one of {list(SELECTIONS)}, got {cfg.select!r}")
     seed_everything(cfg.seed)
     method = get_method(cfg.method)  # fail on a typo before loading anything
     if dataset is None:

@@ -27,6 +27,7 @@ from train.engine.metrics import headline
 from train.recipes.method import TrainConfig, collate_for, method_run_dir, mask_split, train_method
 from train import runs
 from train.runs import CONFIG_FILE, METRICS_FILE, load_run
+from runtime.errors import ConfigError, NotFound
 
 SWEEP, LEE = "missing-rate-sweep", "lee-grid"
 
@@ -54,12 +55,12 @@ def missing_rate_sweep(model: MultimodalModel, test_samples: Sequence[Sample], c
     metric = headline(task)
     xs = list(fractions)
     if not xs or any(isinstance(x, bool) or x != int(x) or not 0 <= x <= 100 for x in xs):
-        raise ValueError(f"fractions must be whole percentages in 0..100, got {xs}")
+        raise ConfigError(f"fractions must be whole percentages in 0..100, got {xs}")
     xs = [int(x) for x in xs]
     everything = Pattern(names)
     complete = [s for s in test_samples if everything <= s.pattern]
     if not complete:
-        raise ValueError(f"no test sample has all of {names}; the sweep starts from complete samples")
+        raise ConfigError(f"no test sample has all of {names}; the sweep starts from complete samples")
     curves: dict[str, list[float]] = {}
     details: dict[str, list[dict[str, Any]]] = {}
     for full in names:
@@ -240,20 +241,20 @@ def run_eval(cfg: EvalConfig, dataset: MultimodalDataset | None = None) -> dict[
     """Run ``cfg.protocol`` and write its files; returns {protocol: result, "files": [paths], "out": dir}."""
     import time
 
-    from train.engine.checkpoint import write_json_atomic
+    from runtime.atomic import write_json_atomic, write_text_atomic
     from train.engine.evaluate import evaluate_all_patterns
     from train.reporting.plots import plot_lee_grid, plot_sweep
 
     if cfg.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if not 0 < cfg.eta < 1:
-        raise ValueError(f"--eta must be in (0, 1), got {cfg.eta}")
+        raise ConfigError(f"--eta must be in (0, 1), got {cfg.eta}")
     get_method(cfg.method)  # a typo fails here, before any loading or training
     run_dir = Path(cfg.run or runs.run_dir(cfg.runs_dir, cfg.dataset, cfg.method))
     wanted = ("patterns", "sweep", "lee") if cfg.protocol == "all" else (cfg.protocol,)
     needs_run = bool({"patterns", "sweep"} & set(wanted))
     if needs_run and not (run_dir / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"no trained run at {run_dir} (no {CONFIG_FILE}); train it with `mmedge train run "
+        raise NotFound(f"no trained run at {run_dir} (no {CONFIG_FILE}); train it with `mmedge train run "
                                 f"--method {cfg.method} --dataset {cfg.dataset}` or pass --run DIR")
     base = _run_train_config(cfg, run_dir)
     if dataset is None:
@@ -268,11 +269,8 @@ def run_eval(cfg: EvalConfig, dataset: MultimodalDataset | None = None) -> dict[
         path = out_dir / name
         if name.endswith(".json"):
             write_json_atomic(path, data)
-        else:  # text: same temp-then-rename as the JSON
-            tmp = path.with_name(f".{name}.tmp")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(data)
-            tmp.replace(path)
+        else:
+            write_text_atomic(path, data)
         result["files"].append(str(path))
 
     model = load_run(run_dir) if needs_run else None

@@ -34,6 +34,7 @@ from train.engine.seeding import seed_everything
 from train.engine.budget import plan_budget
 from train.engine.validation import ensure_validation_split
 from train.runs import run_dir
+from runtime.errors import ConfigError
 
 # Scratch encoders learn fast at the paper's lr; a pretrained transformer needs a gentler one.
 SCRATCH_LR, PRETRAINED_LR = 1e-3, 5e-5
@@ -116,11 +117,11 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     data = relabel_for_pretraining(load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed),
                                    cfg.pretrain_task)
     if cfg.modality not in data.modalities:
-        raise ValueError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
+        raise ConfigError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
     out = cfg.out or unimodal_run_dir(cfg)
     has = {s: [x for x in data.split(s) if x.inputs.get(cfg.modality) is not None] for s in ("train", "val", "test")}
     if not has["train"]:
-        raise ValueError(f"no training sample of {data.name!r} has modality {cfg.modality!r}")
+        raise ConfigError(f"no training sample of {data.name!r} has modality {cfg.modality!r}")
     spec = data.modalities[cfg.modality]
     encoder, pretrained = _make_encoder(cfg, data)
     model = UnimodalClassifier(encoder, cfg.modality, data.num_classes, data.task)

@@ -7,12 +7,12 @@ the numbers themselves.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from runtime.atomic import write_text_atomic
 from train.recipes.ablation import RESULTS, machine_info, read_results
 from train.reporting.ablation_stats import BASELINE, DROPOUT, PROPOSED, mean_sweep
 
@@ -261,8 +261,4 @@ def write_report(runs_dir: Path = Path("runs"), out: Path = Path("docs/results.m
               "- Every method shares the same frozen unimodal encoders, pretrained once; seeds vary only the "
               "method's initialisation, dropout and batch order, never the data subset.", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines))
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, "\n".join(lines))
