@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from runtime.runners.onnxrt import create_session, session_options
+
 FP16_MAX = 65504.0
 Feed = Mapping[str, np.ndarray]
 
@@ -32,14 +34,8 @@ def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 def make_session(model: str | Path | onnx.ModelProto, *, threads: int = 1,
                  optimize: bool = True) -> ort.InferenceSession:
     """A CPU session; `optimize=False` keeps every node as written (ranges must match the graph)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return create_session(src, session_options(threads=threads, optimize=optimize))
 
 
 def input_feed(session: ort.InferenceSession, feed: Feed) -> dict[str, np.ndarray]:

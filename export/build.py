@@ -255,13 +255,9 @@ def _ort_copy(src: Path, dst: Path) -> None:
     graph and the weight DequantizeLinear of a QDQ graph back into FP32 initializers (the .ort
     files came out larger than the .onnx ones). The device's ORT optimises at load time.
     """
-    import onnxruntime as ort
+    from runtime.runners.onnxrt import create_session, session_options
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.optimized_model_filepath = str(dst)
-    opts.add_session_config_entry("session.save_model_format", "ORT")
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    create_session(src, session_options(optimize=False, save_optimized_to=dst, save_format="ORT"))
 
 
 # ---- the build ------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ Per (pattern, precision) graph of a bundle:
 One optimisation profile per graph: batch 1 / opt / max, sequence 1 / max / max (the
 preprocess spec's max_frames / max_length). A timing cache file is shared by every graph of
 the bundle, the workspace is capped (Jetson boards run out of memory otherwise), and the
-GPU name, compute capability and TensorRT version are written beside each engine: engines
-are not portable across GPUs or TensorRT versions.
+GPU name, compute capability and TensorRT version are written beside each engine (the hardware
+record at ``runtime.manifest.engine_files``), read by the same function the TensorRT runner
+compares them with (``runtime.runners.tensorrt.current_machine``): engines are not portable
+across GPUs or TensorRT versions, and the runner refuses a mismatch. Engine and record are both
+checksummed in the manifest's ``files``.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import MMEdgeError
-from runtime.manifest import GraphEntry, Manifest, relpath, sha256_file
+from runtime.manifest import GraphEntry, Manifest, engine_files, sha256_file
 from runtime.modality_spec import DEFAULT_MAX_FRAMES, spec_of
 from runtime.patterns import seq_axis_modality
 
@@ -111,9 +114,11 @@ def build_engine(onnx_path: Path, engine_path: Path, entry: GraphEntry, *, seq_m
     engine_path.write_bytes(bytes(serialized))
     timing_cache.parent.mkdir(parents=True, exist_ok=True)
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    from runtime.runners.tensorrt import current_machine
+
     meta = {"pattern": entry.pattern, "precision": entry.precision, "onnx": entry.file,
-            "tensorrt": trt.__version__, "workspace_bytes": workspace,
-            "profile": {k: [list(s) for s in v] for k, v in shapes.items()}, **gpu_info()}
+            "workspace_bytes": workspace, "profile": {k: [list(s) for s in v] for k, v in shapes.items()},
+            "driver": gpu_info().get("driver"), **current_machine()}
     engine_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -126,10 +131,13 @@ def build_engines(bundle_dir: Path, manifest: Manifest, *, max_batch: int = 32,
     cache = bundle_dir / TIMING_CACHE
     engines = []
     for entry in manifest.graphs:
-        path = bundle_dir / "engines" / entry.precision / f"{entry.pattern}.engine"
+        rel, record_rel = engine_files(entry.precision, entry.pattern)
+        path = bundle_dir / rel
+        if path.with_suffix(".json") != bundle_dir / record_rel:
+            raise RuntimeError(f"engine record path {record_rel} is not beside {rel}")
         meta = build_engine(bundle_dir / entry.file, path, entry, seq_max=seq_max, timing_cache=cache,
                             max_batch=max_batch, workspace=workspace)
-        rel = relpath(path, bundle_dir)
         manifest.files[rel] = sha256_file(path)
-        engines.append({**meta, "file": rel})
+        manifest.files[record_rel] = sha256_file(bundle_dir / record_rel)
+        engines.append({**meta, "file": rel, "record": record_rel})
     return {"engines": engines, "timing_cache": TIMING_CACHE, **gpu_info()}

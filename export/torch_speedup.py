@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.bench import TARGETS, BenchConfig, latency_stats, make_session, time_interleaved
+from runtime.bench import TARGETS, BenchConfig, latency_stats, open_runner, time_interleaved
 from runtime.bench_inputs import Inputs
 from runtime.manifest import Manifest
 from runtime.patterns import Pattern
+from runtime.runners import GraphSource
 
 
 def measure(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
@@ -36,9 +37,9 @@ def measure(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, A
                 return {"skipped": f"run {cfg.run_dir} does not match the bundle: pattern {g.pattern} takes "
                                    f"{module.input_names}, the graph {[s.name for s in g.inputs]}"}
             args = tuple(torch.from_numpy(feeds[n]) for n in module.input_names)
-            sess = make_session(cfg.bundle / g.file, "cpu", "fp32", cfg.threads)
+            sess = open_runner("cpu", GraphSource(cfg.bundle, manifest, g), cfg.threads)
             with torch.inference_mode():
-                t_torch, t_ort = time_interleaved([lambda: module(*args), lambda: sess.run(None, feeds)],
+                t_torch, t_ort = time_interleaved([lambda: module(*args), lambda: sess.run(feeds)],
                                                   cfg.warmup, cfg.runs)
             st, so = latency_stats(t_torch), latency_stats(t_ort)
             speedup = st["p50_ms"] / so["p50_ms"]

@@ -81,13 +81,9 @@ def compare_outputs(pattern: str, precision: str, ref: Mapping[str, np.ndarray],
 
 
 def ort_session(path: Any, threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
-    import onnxruntime as ort
+    from runtime.runners.onnxrt import create_session, session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=list(providers))
+    return create_session(path, session_options(threads=threads), providers)
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,

@@ -1,4 +1,8 @@
-"""Latency benchmark of a bundle: per pattern, precision and provider, plus named paired ratios.
+"""Latency benchmark of a bundle: per pattern, precision and runner target, plus named paired ratios.
+
+Targets come from the runner registry (runtime.runners): every registered backend's benchmark
+variants (onnxruntime: ``cpu``, ``cuda``, ``tensorrt-ep``; native TensorRT: ``tensorrt``), each
+built by the same factory ``Runtime.load`` uses, so what is timed is what the runtime runs.
 
 Inputs (``runtime.bench_inputs``) are deterministic synthetic raw samples of valid shape, run
 through the bundle's own preprocessing; the full graph with placeholders gets the present
@@ -7,8 +11,10 @@ modality's sample and the manifest's placeholder recipe for every other modality
 Timing: ``warmup`` untimed calls, then ``runs`` calls each timed with ``perf_counter_ns``.
 Stats are percentiles (never a mean alone). onnxruntime uses ``threads`` intra-op threads
 (default 1, DESIGN.md) and one inter-op thread. torch is never imported here: ``torch_speedup`` runs through an entry point.
+Passes: the table is one sequential pass per cell; each ratio times its graphs again, alternating
+with what it is compared to (a paired pass), and every figure in the report names its pass.
 Elsewhere: rendering (JSON/Markdown/PNG) in ``runtime.bench_report``, the machine record and the
-cold-start subprocess in ``runtime.bench_env``, native TensorRT engines in ``runtime.bench_trt``.
+cold-start subprocess in ``runtime.bench_env``.
 """
 from __future__ import annotations
 
@@ -25,11 +31,11 @@ import numpy as np
 from runtime.bench_env import bundle_record, cold_start, machine_record
 from runtime.errors import UnknownPrecision
 from runtime.bench_inputs import Inputs, synthetic_raw  # noqa: F401 - re-exported for callers and tests
+from runtime.errors import MMEdgeError
 from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.patterns import Pattern
+from runtime.runners import GraphSource, Runner, RunnerBackend, RunnerOptions, available_runners, get_runner
 
-PROVIDERS: dict[str, str] = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                             "tensorrt-ep": "TensorrtExecutionProvider"}
 TARGETS = {"placeholder_speedup": 0.6, "runtime_overhead_rel": 0.05, "runtime_overhead_abs_ms": 0.05,
            "torch_speedup": 3.0, "cold_s": 1.0, "cold_rss_mb": 200.0}
 
@@ -41,7 +47,7 @@ class BenchConfig:
     warmup: int = 20
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     precisions: tuple[str, ...] | None = None  # None: every precision in the bundle
-    providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt-ep", "tensorrt")
+    providers: tuple[str, ...] | None = None  # benchmark targets (see ``targets()``); None: every registered one
     threads: int = 1
     run_dir: Path | None = None  # training run for torch_speedup; None skips it
     cold_start: bool = True
@@ -91,57 +97,61 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
-# --------------------------------------------------------------------------- sessions
+# --------------------------------------------------------------------------- runners
+def targets() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every benchmark target of the registered runners: name -> (runner backend, option overrides)."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for backend in available_runners():
+        for variant, overrides in get_runner(backend).bench_variants().items():
+            out.setdefault(variant, (backend, overrides))
+    return out
+
+
+def _target(name: str) -> tuple[RunnerBackend, RunnerOptions]:
+    backend, overrides = targets()[name]
+    return get_runner(backend), RunnerOptions().replace(**overrides)
+
+
 def provider_status(name: str, bundle: Path, manifest: Manifest) -> tuple[bool, str]:
-    """Whether a provider can run here, and why not."""
-    import onnxruntime as ort
-
-    if name == "tensorrt":
-        from runtime.bench_trt import status
-
-        return status(bundle, manifest.files)
-    ep = PROVIDERS.get(name)
-    if ep is None:
-        return False, f"unknown provider {name!r}; choose from {sorted([*PROVIDERS, 'tensorrt'])}"
-    if ep not in ort.get_available_providers():
-        return False, f"{ep} not in onnxruntime.get_available_providers() = {ort.get_available_providers()}"
-    return True, ""
+    """Whether a target can run here, and why not (the backend's own check)."""
+    if name not in targets():
+        return False, f"unknown provider {name!r}; choose from {sorted(targets())}"
+    backend, opts = _target(name)
+    why = backend.check(bundle, manifest, None, opts)
+    return why is None, why or ""
 
 
-def make_session(path: Path, provider: str, precision: str, threads: int, cache_dir: Path | None = None) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3  # FP16/INT8 graphs log harmless "Casts/fallback" warnings
-    chain: list[Any] = []
-    if provider == "tensorrt-ep":
-        opts = {"trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8",
-                "trt_engine_cache_enable": cache_dir is not None}
-        if cache_dir is not None:
-            opts["trt_engine_cache_path"] = str(cache_dir)
-        chain.append(("TensorrtExecutionProvider", opts))
-    if provider in ("cuda", "tensorrt-ep"):
-        chain.append("CUDAExecutionProvider")
-    chain.append("CPUExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=so, providers=chain)
+def graph_status(name: str, bundle: Path, manifest: Manifest, entry: GraphEntry) -> str | None:
+    """Why target ``name`` has nothing to time for ``entry`` (e.g. no engine for it), or None."""
+    backend, opts = _target(name)
+    return backend.check(bundle, manifest, entry, opts)
 
 
-def bench_graph(path: Path, provider: str, precision: str, feeds_for: Callable[[int], dict[str, np.ndarray]],
+def open_runner(name: str, source: GraphSource, threads: int | None, cache_dir: Path | None = None) -> Runner:
+    """The runner of ``source`` on target ``name``, built as ``Runtime.load`` builds it."""
+    backend, opts = _target(name)
+    opts = backend.resolve(opts.replace(threads=threads, trt_cache_dir=cache_dir), Path(source.bundle_dir),
+                           source.entry.precision)
+    return backend.open(source, opts)
+
+
+def bench_graph(source: GraphSource, provider: str, feeds_for: Callable[[int], dict[str, np.ndarray]],
                 cfg: BenchConfig, batch_sizes: Sequence[int]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    sess = make_session(path, provider, precision, cfg.threads, cfg.cache_dir)
+    runner = open_runner(provider, source, cfg.threads, cfg.cache_dir)
     created = time.perf_counter() - t0
-    used = sess.get_providers()
-    out: dict[str, Any] = {"session_create_s": created, "providers_in_use": used,
-                           "fell_back": used[0] != PROVIDERS[provider], "batches": {}}
-    for b in batch_sizes:
-        feeds = feeds_for(b)
-        st = latency_stats(time_calls(lambda: sess.run(None, feeds), cfg.warmup, cfg.runs))
-        st["throughput_per_s"] = b / (st["p50_ms"] * 1e-3)  # samples/s at the median batch latency
-        out["batches"][str(b)] = st
+    out: dict[str, Any] = {"session_create_s": created, "providers_in_use": runner.providers_in_use,
+                           "fell_back": bool(runner.lost_providers), "batches": {}, "pass": "table"}
+    with runner:
+        for b in batch_sizes:
+            feeds = feeds_for(b)
+            try:
+                st = latency_stats(time_calls(lambda: runner.run(feeds), cfg.warmup, cfg.runs))
+            except MMEdgeError as exc:  # e.g. a batch above a TensorRT engine's optimisation profile
+                out.setdefault("errors", {})[str(b)] = f"{type(exc).__name__}: {exc}"
+                continue
+            st["throughput_per_s"] = b / (st["p50_ms"] * 1e-3)  # samples/s at the median batch latency
+            out["batches"][str(b)] = st
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -149,16 +159,18 @@ def bench_graph(path: Path, provider: str, precision: str, feeds_for: Callable[[
 def bench_baseline(graph: GraphEntry, base: GraphEntry, provider: str, inputs: Inputs,
                    cfg: BenchConfig) -> dict[str, Any]:
     """The full graph fed ``graph``'s modality plus placeholders, timed alternately with ``graph`` (batch 1)."""
+    manifest = inputs.manifest
     t0 = time.perf_counter()
-    sb = make_session(cfg.bundle / base.file, provider, "fp32", cfg.threads, cfg.cache_dir)
+    sb = open_runner(provider, GraphSource(cfg.bundle, manifest, base), cfg.threads, cfg.cache_dir)
     created = time.perf_counter() - t0
-    sg = make_session(cfg.bundle / graph.file, provider, "fp32", cfg.threads, cfg.cache_dir)
+    sg = open_runner(provider, GraphSource(cfg.bundle, manifest, graph), cfg.threads, cfg.cache_dir)
     fb, fg = inputs.feeds(base, 1, present=Pattern.from_key(graph.pattern)), inputs.feeds(graph, 1)
-    tb, tg = time_interleaved([lambda: sb.run(None, fb), lambda: sg.run(None, fg)], cfg.warmup, cfg.runs)
+    with sb, sg:
+        tb, tg = time_interleaved([lambda: sb.run(fb), lambda: sg.run(fg)], cfg.warmup, cfg.runs)
     st = latency_stats(tb)
     st["throughput_per_s"] = 1 / (st["p50_ms"] * 1e-3)
-    return {"session_create_s": created, "providers_in_use": sb.get_providers(),
-            "fell_back": sb.get_providers()[0] != PROVIDERS[provider], "batches": {"1": st},
+    return {"session_create_s": created, "providers_in_use": sb.providers_in_use,
+            "fell_back": bool(sb.lost_providers), "batches": {"1": st}, "pass": "paired with the pattern's graph",
             "paired_graph": latency_stats(tg), "peak_rss_mb": peak_rss_mb()}
 
 
@@ -175,12 +187,12 @@ def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict
     note = "runtime.session.Runtime.predict end to end vs the same session's run()"
     rt = Runtime.load(cfg.bundle, precision="fp32", providers=["cpu"], intra_op_threads=cfg.threads)
     predict: Callable[[dict[str, Any]], Any] = rt.predict
-    session_of: Callable[[str], Any] = rt.session
+    runner_of: Callable[[str], Any] = rt.runner
     entries = []
     for g in (g for g in manifest.graphs if g.precision == "fp32"):
         pat = Pattern.from_key(g.pattern)
         sample = {m: (inputs.raw[m] if m in pat else None) for m in manifest.modalities}
-        sess, feeds = session_of(g.pattern), inputs.feeds(g, 1)
+        runner, feeds = runner_of(g.pattern), inputs.feeds(g, 1)
         pre = [inputs.pre[m] for m in sorted(pat)]  # where the overhead goes: numpy preprocessing alone
 
         def preprocess_only() -> None:
@@ -191,7 +203,7 @@ def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict
         def predict_timed() -> None:
             t = predict(sample).timings
             inside.append((t["total_ms"] - t["inference_ms"]) * 1e-3)
-        t_bare, t_full, t_pre = time_interleaved([lambda: sess.run(None, feeds), predict_timed, preprocess_only],
+        t_bare, t_full, t_pre = time_interleaved([lambda: runner.run(feeds), predict_timed, preprocess_only],
                                                  cfg.warmup, cfg.runs)
         bare, full = latency_stats(t_bare), latency_stats(t_full)
         over = full["p50_ms"] - bare["p50_ms"]
@@ -203,8 +215,9 @@ def overhead_ratio(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict
                         "overhead_paired_ms": float(np.median(np.subtract(t_full, t_bare))) * 1e3,
                         "overhead_inside": latency_stats(inside[cfg.warmup:]) if len(inside) > cfg.warmup else None,
                         "overhead_rel": over / bare["p50_ms"], "allowed_ms": allowed, "met": over <= allowed})
+    rt.close()
     return {"note": note, "precision": "fp32", "provider": "cpu", "batch": 1, "entries": entries,
-            "met": all(e["met"] for e in entries)}
+            "pass": "paired: session run, predict and preprocessing alternate", "met": all(e["met"] for e in entries)}
 
 
 def torch_speedup(manifest: Manifest, inputs: Inputs, cfg: BenchConfig) -> dict[str, Any]:
@@ -249,34 +262,32 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
         "machine": machine_record(cfg.threads), "providers": {}, "results": [], "baselines": [], "ratios": {},
         "bundle_info": bundle_record(manifest, bundle)}
     paired: list[dict[str, Any]] = []
-    for prov in cfg.providers:
+    for prov in cfg.providers or tuple(targets()):
         ok, why = provider_status(prov, bundle, manifest)
         rec["providers"][prov] = {"status": "ok"} if ok else {"status": "skipped", "reason": why}
         if not ok:
             continue
         for prec in precisions:
             for g in (g for g in manifest.graphs if g.precision == prec):
+                why = graph_status(prov, bundle, manifest, g)
+                if why is not None:  # e.g. native TensorRT without an engine for this graph
+                    rec["providers"][prov].setdefault("skipped_graphs", {})[f"{prec}/{g.pattern}"] = why
+                    continue
                 step(f"{prov} {prec} {g.pattern}")
-                if prov == "tensorrt":  # native engines, prebuilt by the export; no baseline engine exists
-                    from runtime.bench_trt import bench_engine, engine_path
-
-                    path = engine_path(bundle, prec, g.pattern)
-                    if not path.is_file():
-                        continue
-                    r = bench_engine(path, lambda b, g=g: inputs.feeds(g, b), cfg.batch_sizes,
-                                     lambda fn: latency_stats(time_calls(fn, cfg.warmup, cfg.runs)))
-                else:
-                    r = bench_graph(bundle / g.file, prov, prec, lambda b, g=g: inputs.feeds(g, b), cfg,
-                                    cfg.batch_sizes)
+                r = bench_graph(GraphSource(bundle, manifest, g), prov, lambda b, g=g: inputs.feeds(g, b), cfg,
+                                cfg.batch_sizes)
                 rec["results"].append({"pattern": g.pattern, "precision": prec, "provider": prov, **r})
-        for base in (b for b in manifest.baselines if b.precision == "fp32" and prov != "tensorrt"):
+        for base in (b for b in manifest.baselines if b.precision == "fp32"):
             for m in sorted(manifest.modalities):  # placeholder_speedup: baseline with only m present, paired with m's graph
                 if m not in manifest.patterns("fp32"):
                     continue
+                graph = manifest.graph(m, "fp32")
+                if graph_status(prov, bundle, manifest, base) or graph_status(prov, bundle, manifest, graph):
+                    continue  # a backend with no artifact for the baseline (TensorRT builds none)
                 step(f"{prov} baseline ({m} present)")
                 rec["baselines"].append({"present": m, "file": base.file, "provider": prov,
-                                         **bench_baseline(manifest.graph(m, "fp32"), base, prov, inputs, cfg)})
-        if prov != "tensorrt" and len(precisions) > 1:
+                                         **bench_baseline(graph, base, prov, inputs, cfg)})
+        if len(precisions) > 1:
             step(f"{prov} precisions paired")
             paired += paired_precisions(manifest, inputs, prov, precisions, cfg)
     rec["ratios"]["placeholder_speedup"] = placeholder_ratio(rec)
@@ -322,14 +333,17 @@ def paired_precisions(manifest: Manifest, inputs: Inputs, provider: str, precisi
     out = []
     for key in manifest.patterns("fp32"):
         gs = [manifest.graph(key, p) for p in precisions if key in manifest.patterns(p)]
+        gs = [g for g in gs if graph_status(provider, cfg.bundle, manifest, g) is None]
         if len(gs) < 2 or gs[0].precision != "fp32":
             continue
-        calls = []
+        calls, runners = [], []
         for g in gs:
-            sess, feeds = make_session(cfg.bundle / g.file, provider, g.precision, cfg.threads, cfg.cache_dir), \
-                inputs.feeds(g, 1)
-            calls.append(lambda sess=sess, feeds=feeds: sess.run(None, feeds))
+            runner = open_runner(provider, GraphSource(cfg.bundle, manifest, g), cfg.threads, cfg.cache_dir)
+            runners.append(runner)
+            calls.append(lambda runner=runner, feeds=inputs.feeds(g, 1): runner.run(feeds))
         stats = [latency_stats(t) for t in time_interleaved(calls, cfg.warmup, cfg.runs)]
+        for runner in runners:
+            runner.close()
         for g, st in zip(gs[1:], stats[1:]):
             out.append(_ratio_entry(st["p50_ms"], stats[0]["p50_ms"], pattern=key, precision=g.precision,
                                     provider=provider, batch=1, p50_ms=st["p50_ms"], fp32_p50_ms=stats[0]["p50_ms"],

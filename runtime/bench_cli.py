@@ -34,9 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list; 1 is always included")
     p.add_argument("--precisions", type=_csv(str), default=None, metavar="P,P,..",
                    help="comma list of fp32, fp16, int8 (default: all in the bundle)")
-    p.add_argument("--providers", type=_csv(str), default="cpu,cuda,tensorrt-ep,tensorrt", metavar="NAME,..",
-                   help="comma list of cpu, cuda, tensorrt-ep, tensorrt (native); unavailable ones are skipped "
-                        "with a reason")
+    p.add_argument("--providers", type=_csv(str), default=None, metavar="NAME,..",
+                   help="comma list of targets of the registered runners (onnxruntime: cpu, cuda, tensorrt-ep; "
+                        "native TensorRT: tensorrt); default: all; unavailable ones are skipped with a reason")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (and torch's, for torch_speedup)")
     p.add_argument("--run", type=Path, default=None, help="training run directory of the bundle, for torch_speedup")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: bench/<bundle name>/)")
@@ -59,17 +59,16 @@ def _progress() -> tuple[Callable[[str], None], Callable[[], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtime.bench import PROVIDERS, BenchConfig, run_benchmark
+    from runtime.bench import BenchConfig, run_benchmark, targets
     from runtime.bench_report import markdown, write_outputs
     from runtime.errors import MMEdgeError
 
     if args.runs < 1 or args.warmup < 0 or args.threads < 1 or any(b < 1 for b in args.batch_sizes):
         print("mmedge bench: --runs, --threads and batch sizes must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
-    bad = [p for p in args.providers if p not in (*PROVIDERS, "tensorrt")]
+    bad = [p for p in args.providers or () if p not in targets()]
     if bad:
-        print(f"mmedge bench: unknown provider(s) {bad}; choose from {', '.join([*PROVIDERS, 'tensorrt'])}",
-              file=sys.stderr)
+        print(f"mmedge bench: unknown provider(s) {bad}; choose from {', '.join(targets())}", file=sys.stderr)
         return 2
     batches = tuple(sorted({1, *args.batch_sizes}))
     out = args.out or Path("bench") / args.bundle.resolve().name

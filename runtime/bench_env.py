@@ -66,34 +66,15 @@ def hwm_mb():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
 import runtime
 bundle, threads = sys.argv[1], int(sys.argv[2])
-note = "runtime.session.Runtime.load (default: eager sessions with warm-up) + predict"
-try:
-    from runtime.session import Runtime
-    t1 = time.perf_counter()
-    rt = Runtime.load(bundle, precision="fp32", providers=["cpu"], intra_op_threads=threads)
-    t2 = time.perf_counter()
-    from runtime.bench_inputs import synthetic_raw  # benchmark helper: excluded from the total, like the sample
-    sample = {m: synthetic_raw(e.preprocess) for m, e in rt.manifest.modalities.items()}
-    t_sample = time.perf_counter()
-    rt.predict(sample)
-except ImportError as exc:  # no runtime yet: the minimal equivalent (manifest + sessions + preprocess)
-    note = f"Runtime unavailable ({exc}); manifest + InferenceSession + preprocess instead"
-    import onnxruntime as ort
-    from runtime.manifest import load_manifest
-    from runtime.preprocess import make_preprocessor
-    t1 = time.perf_counter()
-    man = load_manifest(bundle)
-    so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
-    sess = {g.pattern: ort.InferenceSession(f"{bundle}/{g.file}", so, providers=["CPUExecutionProvider"])
-            for g in man.graphs if g.precision == "fp32"}
-    pre = {m: make_preprocessor(e.preprocess, bundle) for m, e in man.modalities.items()}
-    t2 = time.perf_counter()
-    from runtime.bench_inputs import synthetic_raw
-    sample = {m: synthetic_raw(e.preprocess) for m, e in man.modalities.items()}
-    t_sample = time.perf_counter()
-    from runtime.patterns import feed_name
-    feeds = {feed_name(m, k): v for m in sorted(sample) for k, v in pre[m]([sample[m]]).items()}
-    sess["+".join(sorted(sample))].run(None, feeds)
+note = "runtime.session.Runtime.load (default: eager runners with warm-up) + predict"
+from runtime.session import Runtime
+t1 = time.perf_counter()
+rt = Runtime.load(bundle, precision="fp32", providers=["cpu"], intra_op_threads=threads)
+t2 = time.perf_counter()
+from runtime.bench_inputs import synthetic_raw  # benchmark helper: excluded from the total, like the sample
+sample = {m: synthetic_raw(e.preprocess) for m, e in rt.manifest.modalities.items()}
+t_sample = time.perf_counter()
+rt.predict(sample)
 t3 = time.perf_counter()
 def pss_mb():
     # proportional set size: pages shared with other processes (a mapped weights file) count in part

@@ -9,6 +9,9 @@ Layout of a bundle directory (every path in the manifest is relative to it)::
     baseline/<precision>/full-placeholders.onnx  the papers' way, for benchmarks only
     preprocess/<modality>/tokenizer.json      files the preprocessing specs reference
     reports/<precision>/<pattern key>.json    full calibration reports
+    engines/<precision>/<pattern key>.engine  optional TensorRT engines (``engine_files``), each with its
+    engines/<precision>/<pattern key>.json    hardware record (GPU, compute capability, TensorRT version);
+                                              both listed in ``files`` (checksummed), specific to one GPU
     graphs/<precision>/weights.bin            optional: every weight of that precision's graphs, once
                                               (unique by content, 64-byte aligned); the graphs refer to it
                                               as ONNX external data. Listed in ``shared_weights``, checksummed;
@@ -319,6 +322,13 @@ def is_bundle_temp(path: Path) -> bool:
     aside by a swap, ".<name>.old-<pid>" (runtime.atomic): never bundles, whatever they contain."""
     name = Path(path).name
     return name.startswith(".") and (".tmp-" in name or ".old-" in name)
+
+
+def engine_files(precision: str, pattern: str | Pattern) -> tuple[str, str]:
+    """Bundle-relative paths of a graph's TensorRT engine and of its hardware record (the one definition:
+    export/tensorrt.py writes them, runtime.runners.tensorrt reads them; both are ``files`` entries)."""
+    key = pattern.key if isinstance(pattern, Pattern) else pattern
+    return f"engines/{precision}/{key}.engine", f"engines/{precision}/{key}.json"
 
 
 def relpath(path: Path, bundle_dir: Path) -> str:

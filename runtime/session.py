@@ -5,17 +5,21 @@
 
 Errors: ``predict``/``predict_batch`` raise only ``MMEdgeError`` subclasses, and bad input
 only ``RuntimeInputError`` subclasses (see runtime.errors), so a host loop survives any input.
-Threads: onnxruntime's ``InferenceSession.run`` is thread-safe, preprocessors are immutable apart
-from caches of read-only all-ones masks (a race only builds an equal array twice), per-call state
-lives on the stack; the only lock guards lazy session creation.
+Backends: each graph runs through a runner (runtime.runners: ``backend="onnxruntime"`` or
+``"tensorrt"``, or any registered one); everything in this module is the same code for all of them.
+Threads: runners are safe to call from several threads (onnxruntime's ``run`` is thread-safe, the
+TensorRT runner serialises calls on its one context), preprocessors are immutable apart from caches
+of read-only all-ones masks (a race only builds an equal array twice), per-call state lives on the
+stack; the only lock here guards lazy runner creation.
 Feeds: every float feed handed to a graph is checked to be finite and inside the range the bundle
 was exported for (runtime.inputs.check_feed), at every precision, so a value that would overflow
 a reduced-precision graph is the input's typed error, not the graph's.
 Sequences: a clip longer than its modality's trained maximum follows the bundle's sequence policy
 (truncate, window or error; ``sequence_policies``); ``sequence_cuts`` counts the ones cut since load.
 Degraded graphs (exported with --allow-degraded) load with a DegradedGraphWarning.
-Integrity: a session is created from the bytes whose sha256 was just checked against the manifest
-(never a second read of the path), and the graph's own metadata must name its pattern and precision.
+Integrity: a runner is built from the bytes whose sha256 was just checked against the manifest
+(never a second read of the path), and the graph's own metadata (an engine's record) must name its
+pattern and precision.
 """
 from __future__ import annotations
 
@@ -30,12 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime import providers as prov
 from runtime.confidence import Confidence
 from runtime.errors import (BundleIntegrityError, DegradedGraphWarning, InferenceError, InputDtypeError,
                             InputShapeError, MMEdgeError, NoModalityAvailable, PatternNotAvailable,
                             RuntimeInputError, UnknownModality, UnknownPrecision)
-from runtime.graph_checks import blame_input, check_io, check_metadata, read_verified
+from runtime.graph_checks import blame_input
 from runtime.inputs import (check_batch, check_feed, check_top_k, feed_bounds, from_preprocess_error, from_unexpected,
                             safe_repr)
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
@@ -43,16 +46,16 @@ from runtime.modality_spec import spec_of
 from runtime.patterns import BATCH_AXIS, Pattern, feed_modality, feed_name, seq_axis_modality
 from runtime.prediction import Packer, Prediction
 from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
+from runtime.runners import GraphSource, Runner, RunnerBackend, RunnerOptions, get_runner
 
 if TYPE_CHECKING:
     from runtime.sensors import SensorHub
 
 class _Graph:
-    """One pattern's graph: entry, per-call constants, and its (lazily created) session."""
+    """One pattern's graph: entry, per-call constants, and its (lazily created) runner."""
 
-    def __init__(self, entry: GraphEntry, path: Path, sha256: str, manifest: Manifest, pre: dict[str, Preprocessor]
-                 ) -> None:
-        self.entry, self.path, self.sha256, self.key = entry, path, sha256, entry.pattern
+    def __init__(self, entry: GraphEntry, manifest: Manifest, pre: dict[str, Preprocessor]) -> None:
+        self.entry, self.key = entry, entry.pattern
         self.modalities = sorted(Pattern.from_key(entry.pattern))
         self.outputs = [o.name for o in entry.outputs]
         ranges = input_ranges(manifest)
@@ -64,7 +67,7 @@ class _Graph:
                                 feed_bounds(ranges.get(t.name), entry.precision) if np.dtype(t.dtype).kind == "f"
                                 else None)
                       for t in entry.inputs]
-        self.session: Any = None
+        self.runner: Runner | None = None
 
 
 def input_ranges(manifest: Manifest) -> dict[str, Any]:
@@ -93,12 +96,12 @@ class _FeedSpec:
 
 
 class Runtime:
-    """Loaded bundle at one precision: one onnxruntime session per availability pattern."""
+    """Loaded bundle at one precision: one runner (on one backend) per availability pattern."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest, precision: str, chain: list[prov.ProviderSpec],
-                 intra_op_threads: int | None, prefer_ort_format: bool = False) -> None:
+    def __init__(self, bundle_dir: Path, manifest: Manifest, precision: str, backend: RunnerBackend,
+                 options: RunnerOptions) -> None:
         self.bundle_dir, self.manifest, self.precision = bundle_dir, manifest, precision
-        self._chain, self._threads = chain, intra_op_threads
+        self.backend, self._options = backend, options
         self._lock = threading.Lock()
         try:
             self._pre: dict[str, Preprocessor] = {
@@ -110,14 +113,9 @@ class Runtime:
                                        "re-export the bundle") from None
         self._graphs: dict[str, _Graph] = {}
         self._by_set: dict[frozenset[str], str] = {}
-        # .ort copies load ~3x faster but are ORT-optimised for CPU, and only copies that passed their own
-        # parity check are used (ORT applies fewer fusions to them at load, so INT8 numbers can differ)
-        use_ort = prefer_ort_format and prov.names(chain) == [prov.CPU]
         for g in manifest.graphs:
             if g.precision == precision:
-                ort_file = g.usable_ort_file if use_ort else None
-                self._graphs[g.pattern] = _Graph(g, bundle_dir / (ort_file or g.file),
-                                                 (g.ort_sha256 or "") if ort_file else g.sha256, manifest, self._pre)
+                self._graphs[g.pattern] = _Graph(g, manifest, self._pre)
                 self._by_set[Pattern.from_key(g.pattern)] = g.pattern
         self.fallbacks: dict[str, list[str]] = {}
         # sub-pattern fallback: present set -> (exported pattern to run, present modalities it ignores)
@@ -148,17 +146,23 @@ class Runtime:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: list[prov.ProviderSpec] | None = None,
-             *, lazy: bool = False, warmup: bool = True, intra_op_threads: int | None = None,
-             trt_cache_dir: Path | str | None = None, prefer_ort_format: bool = False,
-             trusted_keys: Sequence[Any] | None = None, alpha: float | None = None,
+    def load(cls, bundle_dir: Path | str, precision: str = "fp32", providers: Sequence[Any] | None = None,
+             *, backend: str = "onnxruntime", lazy: bool = False, warmup: bool = True,
+             intra_op_threads: int | None = None, trt_cache_dir: Path | str | None = None,
+             prefer_ort_format: bool = False, trusted_keys: Sequence[Any] | None = None, alpha: float | None = None,
              fallback: bool | Sequence[str] = False) -> "Runtime":
-        """Verify the manifest and every graph's sha256, then create (or, ``lazy``, defer) the sessions.
+        """Verify the manifest and every file's sha256, then build (or, ``lazy``, defer) the runners.
+
+        ``backend``: a registered runner (runtime.runners.available_runners()): ``"onnxruntime"`` runs the
+        ONNX graphs; ``"tensorrt"`` runs the prebuilt TensorRT engines of the bundle
+        (``mmedge export build --engine tensorrt``), refused with EngineMismatch when they were built for
+        another GPU or TensorRT version. ``providers`` / ``trt_cache_dir`` / ``prefer_ort_format`` are
+        onnxruntime options.
 
         ``trusted_keys``: ed25519 public keys (paths to .pub PEM files, PEM text, 32 raw bytes or key
         objects; needs ``mmedge[sign]``): the bundle must be signed by one of them
         (``mmedge export sign``), else BundleSignatureError. None (default): signatures are not checked.
-        A session (at load, or at first use when ``lazy``) is built from bytes re-hashed against the
+        A runner (at load, or at first use when ``lazy``) is built from bytes re-hashed against the
         manifest, so a graph replaced after load is refused, not served.
 
         ``providers``: onnxruntime names or aliases ("cpu", "cuda", "tensorrt"), optionally
@@ -173,8 +177,12 @@ class Runtime:
         manifest = load_manifest(bundle_dir, verify=True, trusted_keys=trusted_keys)
         if precision not in manifest.precisions:
             raise UnknownPrecision(precision, manifest.precisions)
-        chain = prov.resolve(providers, precision, bundle_dir, Path(trt_cache_dir) if trt_cache_dir else None)
-        rt = cls(bundle_dir, manifest, precision, chain, intra_op_threads, prefer_ort_format)
+        runner = get_runner(backend)
+        options = runner.resolve(RunnerOptions(providers=tuple(providers) if providers else None,
+                                               threads=intra_op_threads, prefer_ort_format=prefer_ort_format,
+                                               trt_cache_dir=Path(trt_cache_dir) if trt_cache_dir else None),
+                                 bundle_dir, precision)
+        rt = cls(bundle_dir, manifest, precision, runner, options)
         _warn_degraded(bundle_dir, manifest, precision)
         if alpha is not None:
             rt.set_alpha(alpha)
@@ -182,58 +190,60 @@ class Runtime:
             rt.enable_fallback(None if fallback is True else list(fallback))
         if not lazy:
             for key in rt._graphs:
-                rt.session(key, warmup=warmup)
+                rt.runner(key, warmup=warmup)
         return rt
 
-    def session(self, pattern: str | Pattern, *, warmup: bool = True) -> Any:
-        """The onnxruntime session of ``pattern``, created on first use (thread-safe)."""
+    def runner(self, pattern: str | Pattern, *, warmup: bool = True) -> Runner:
+        """The runner of ``pattern``'s graph, built on first use (thread-safe)."""
         key = pattern.key if isinstance(pattern, Pattern) else pattern
         graph = self._graphs.get(key)
         if graph is None:
             raise PatternNotAvailable(f"no {self.precision} graph for pattern {key!r}; this runtime has "
                                       f"{self.patterns}", pattern=key)
-        if graph.session is None:
-            with self._lock:  # double-checked: concurrent first calls build one session, not several
-                if graph.session is None:
-                    sess = self._create(graph)
+        if graph.runner is None:
+            with self._lock:  # double-checked: concurrent first calls build one runner, not several
+                if graph.runner is None:
+                    runner = self._create(graph)
                     if warmup:
-                        self._warmup(graph, sess)
-                    graph.session = sess
-        return graph.session
+                        self._warmup(graph, runner)
+                    graph.runner = runner
+        return graph.runner
 
-    def _create(self, graph: _Graph) -> Any:
-        import onnxruntime as ort
-
-        model = read_verified(graph.path, graph.sha256, graph.key)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # FP16/INT8 graphs log harmless cast warnings; fallback is reported by us
-        if self._threads is not None:
-            so.intra_op_num_threads = self._threads
-            so.inter_op_num_threads = 1
-        # from bytes, onnxruntime resolves external-data files (weights beside the graph) against this folder
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(graph.path.parent))
-        if graph.path.suffix == ".ort":
-            so.add_session_config_entry("session.load_model_format", "ORT")
+    def _create(self, graph: _Graph) -> Runner:
         try:
-            sess = ort.InferenceSession(model, sess_options=so, providers=self._chain)
-        except Exception as exc:  # noqa: BLE001 - sha256 matched, so the exporter wrote a graph ORT rejects
-            raise BundleIntegrityError(f"onnxruntime cannot load {graph.path.name}: {type(exc).__name__}: {exc}; "
-                                       "re-export the bundle with a matching onnxruntime", pattern=graph.key,
+            runner = self.backend.open(GraphSource(self.bundle_dir, self.manifest, graph.entry), self._options)
+        except MMEdgeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend's own failure on a verified bundle
+            raise BundleIntegrityError(f"{self.backend.name} cannot load the {graph.entry.precision} graph of "
+                                       f"{graph.key!r}: {type(exc).__name__}: {exc}", pattern=graph.key,
                                        path=graph.entry.file) from None
-        check_metadata(sess.get_modelmeta().custom_metadata_map, graph.entry)
-        check_io(sess.get_inputs(), sess.get_outputs(), graph.entry)
-        lost = prov.check_fallback(self._chain, sess.get_providers(), graph.key)
-        if lost:
-            self.fallbacks[graph.key] = lost
-        return sess
+        if runner.lost_providers:
+            self.fallbacks[graph.key] = list(runner.lost_providers)
+        return runner
 
-    def _warmup(self, graph: _Graph, sess: Any) -> None:
+    def _warmup(self, graph: _Graph, runner: Runner) -> None:
         feeds = {s.name: _dummy(s, self.manifest) for s in graph.entry.inputs}
         try:
-            sess.run(graph.outputs, feeds)
+            runner.run(feeds)
         except Exception as exc:  # noqa: BLE001
-            raise InferenceError(f"warm-up of {graph.entry.file} failed: {type(exc).__name__}: {exc}",
-                                 pattern=graph.key) from None
+            runner.close()
+            raise InferenceError(f"warm-up of {graph.entry.file} on {self.backend.name} failed: "
+                                 f"{type(exc).__name__}: {exc}", pattern=graph.key) from None
+
+    def close(self) -> None:
+        """Release every runner (GPU buffers and streams of TensorRT ones); the next call rebuilds lazily."""
+        with self._lock:
+            for g in self._graphs.values():
+                runner, g.runner = g.runner, None
+                if runner is not None:
+                    runner.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def set_alpha(self, alpha: float) -> None:
         """Prediction sets at miscoverage ``alpha`` from now on (quantiles of the stored calibration scores)."""
@@ -257,8 +267,8 @@ class Runtime:
 
     @property
     def providers(self) -> dict[str, list[str]]:
-        """Providers actually in use per pattern (sessions created so far), from ``session.get_providers()``."""
-        return {k: list(g.session.get_providers()) for k, g in self._graphs.items() if g.session is not None}
+        """Providers actually in use per pattern (runners built so far), as each runner reports them."""
+        return {k: list(g.runner.providers_in_use) for k, g in self._graphs.items() if g.runner is not None}
 
     @property
     def sequence_policies(self) -> dict[str, str]:
@@ -273,7 +283,9 @@ class Runtime:
 
     @property
     def requested_providers(self) -> list[str]:
-        return prov.names(self._chain)
+        """onnxruntime: the resolved provider chain; other backends: their name."""
+        chain = self._options.providers
+        return [c[0] if isinstance(c, tuple) else c for c in chain] if chain else [self.backend.name]
 
     def graph(self, pattern: str) -> GraphEntry:
         if pattern not in self._graphs:
@@ -339,12 +351,14 @@ class Runtime:
 
     def _run(self, key: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         graph = self._graphs[key]
-        sess = graph.session or self.session(key)
+        runner = graph.runner or self.runner(key)
         try:
-            return sess.run(graph.outputs, feeds)
+            return runner.run(feeds)
+        except MMEdgeError:  # the runner's own typed errors (e.g. a shape outside a TensorRT profile)
+            raise
         except Exception as exc:  # noqa: BLE001
             shapes = {k: list(v.shape) for k, v in feeds.items()}
-            raise InferenceError(f"onnxruntime failed on pattern {key!r} with feeds {shapes}: "
+            raise InferenceError(f"{self.backend.name} failed on pattern {key!r} with feeds {shapes}: "
                                  f"{type(exc).__name__}: {exc}", pattern=key) from None
 
     def predict(self, inputs: Mapping[str, Any], *, top_k: int = 5) -> Prediction:
@@ -429,8 +443,8 @@ class Runtime:
         return SensorHub(self.manifest, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"Runtime({str(self.bundle_dir)!r}, precision={self.precision!r}, patterns={self.patterns}, "
-                f"providers={self.requested_providers})")
+        return (f"Runtime({str(self.bundle_dir)!r}, precision={self.precision!r}, backend={self.backend.name!r}, "
+                f"patterns={self.patterns}, providers={self.requested_providers})")
 
 
 # ---------------------------------------------------------------------- helpers

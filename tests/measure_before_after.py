@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bench import make_session
+from runtime.bench import open_runner
 from runtime.bench_env import bundle_record, cold_start, machine_record
 from runtime.bench_inputs import Inputs
 from runtime.manifest import load_manifest
+from runtime.runners import GraphSource
 
 
 def bundle_bytes(path: Path) -> int:
@@ -39,16 +40,16 @@ def paired(before: Path, after: Path, rounds: int, calls: int) -> list[dict]:
             for prec in ("fp32", "int8"):
                 if key in m.patterns(prec):
                     g = m.graph(key, prec)
-                    cells[f"{tag}-{prec}"] = (make_session(root / g.file, "cpu", prec, 1), inp.feeds(g, 1), g)
+                    cells[f"{tag}-{prec}"] = (open_runner("cpu", GraphSource(root, m, g), 1), inp.feeds(g, 1), g)
         times: dict[str, list[float]] = {k: [] for k in cells}
         for sess, feeds, _ in cells.values():
             for _ in range(5):
-                sess.run(None, feeds)
+                sess.run(feeds)
         for _ in range(rounds):
             for k, (sess, feeds, _) in cells.items():
                 t0 = time.perf_counter()
                 for _ in range(calls):
-                    sess.run(None, feeds)
+                    sess.run(feeds)
                 times[k].append((time.perf_counter() - t0) * 1e3 / calls)
         p50 = {k: float(np.median(v)) for k, v in times.items()}
         row = {"pattern": key, "p50_ms": p50,

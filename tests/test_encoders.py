@@ -320,7 +320,8 @@ class PrefixedFrames(PrefixedImage):
 @pytest.mark.parametrize("modality_type", ["image", "audio"])
 def test_onnx_export_dynamic_axes_matches_torch(modality_type: str, tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from runtime.runners.onnxrt import create_session, session_options
     from torch.export import Dim
 
     enc = tiny(modality_type)
@@ -343,9 +344,7 @@ def test_onnx_export_dynamic_axes_matches_torch(modality_type: str, tmp_path: Pa
     assert isinstance(dims[names[0]][0], str)  # dynamic batch
     if modality_type == "audio":
         assert isinstance(dims["values"][1], str) and dims["values"][1] == dims["mask"][1]  # dynamic frames
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(path, session_options(threads=1))
     for b, t in [(1, 3), (5, 11)]:
         inputs = make_inputs(modality_type, seed=b, batch=b, length=t)
         if modality_type == "image":

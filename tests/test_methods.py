@@ -302,16 +302,14 @@ def _export(branch: torch.nn.Module, args: tuple, path: str, dynamo: bool) -> No
 @pytest.mark.parametrize(("key", "dynamo"), [("audio+image", False), ("audio", False), ("image", False),
                                              ("audio+image", True)])
 def test_cmpt_branch_exports_to_onnx_and_matches_ort(key: str, dynamo: bool, tmp_path) -> None:
-    import onnxruntime as ort
+    from runtime.runners.onnxrt import create_session, session_options
 
     model, collate, _ = fixture("cmpt", 2)
     pattern = Pattern.from_key(key)
     branch = model.pattern_module(pattern).eval()
     path = str(tmp_path / f"{key}.onnx")
     _export(branch, pattern_inputs(branch_batch(2, pattern, collate, rows=4), branch), path, dynamo)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    session = create_session(path, session_options(threads=1))
     assert [i.name for i in session.get_inputs()] == branch.input_names
     assert [o.name for o in session.get_outputs()] == branch.output_names
     args = pattern_inputs(branch_batch(2, pattern, collate, rows=7), branch)  # another batch and sequence length

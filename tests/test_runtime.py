@@ -24,6 +24,7 @@ from runtime.errors import (BundleIntegrityError, InputDtypeError, InputShapeErr
 from runtime.manifest import load_manifest
 from runtime.patterns import all_patterns
 from runtime.preprocess import make_preprocessor
+from runtime.runners.onnxrt import create_session, session_options
 from runtime.session import Prediction, Runtime
 from runtime_fixtures import audio, image, sample, tiny_bundle
 
@@ -50,9 +51,7 @@ def direct(bundle: Path, pattern: str, inputs: dict) -> dict[str, np.ndarray]:
     for mod in sorted(x for x, v in inputs.items() if v is not None):
         pre = make_preprocessor(m.modalities[mod].preprocess, bundle)
         feeds.update({f"{mod}.{k}": v for k, v in pre([inputs[mod]]).items()})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(bundle / g.file), so, providers=["CPUExecutionProvider"])
+    sess = create_session(bundle / g.file, session_options(threads=1))
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
@@ -302,7 +301,7 @@ def test_real_av_digits_bundle_smoke(precision: str) -> None:
     ort_file = rt.manifest.graph("audio", precision).usable_ort_file
     if ort_file:  # only when the bundle was exported with --ort-format and the copy passed its parity
         fast = Runtime.load(REAL, precision=precision, providers=["cpu"], intra_op_threads=1, prefer_ort_format=True)
-        assert fast._graphs["audio"].path == REAL / ort_file
+        assert fast.runner("audio").path == REAL / ort_file
         again = fast.predict_batch([{"image": img, "audio": aud}, {"image": img}, {"audio": aud}])
         for a, b in zip(preds, again):  # FP32: the same graph; INT8: ORT fuses less in .ort files
             np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-5 if precision == "fp32" else 0.1)

@@ -122,10 +122,11 @@ def export_and_time(cfg: CompareConfig, data: MultimodalDataset, method: str, rd
     """fp32 + int8 bundle of one run, its size on disk, and per-pattern batch-1 onnxruntime latency."""
     # Lazy: train never imports export at module level (export depends on train.runs, not the reverse).
     from export.build import BuildConfig, build_bundle
-    from runtime.bench import latency_stats, make_session, time_calls
+    from runtime.bench import latency_stats, open_runner, time_calls
     from runtime.bench_env import machine_record
     from runtime.bench_inputs import Inputs
     from runtime.manifest import load_manifest
+    from runtime.runners import GraphSource
     from train.runs import load_run
 
     t0 = time.perf_counter()
@@ -141,9 +142,9 @@ def export_and_time(cfg: CompareConfig, data: MultimodalDataset, method: str, rd
     graph_bytes: dict[str, int] = {}
     degraded: list[str] = []
     for g in manifest.graphs:
-        sess = make_session(bundle / g.file, "cpu", g.precision, cfg.latency_threads)
+        sess = open_runner("cpu", GraphSource(bundle, manifest, g), cfg.latency_threads)
         feeds = inputs.feeds(g, 1)
-        stats = latency_stats(time_calls(lambda: sess.run(None, feeds), cfg.latency_warmup, cfg.latency_runs))
+        stats = latency_stats(time_calls(lambda: sess.run(feeds), cfg.latency_warmup, cfg.latency_runs))
         latency.setdefault(g.precision, {})[g.pattern] = {k: stats[k] for k in ("n", "p50_ms", "p90_ms", "mean_ms")}
         graph_bytes[g.precision] = graph_bytes.get(g.precision, 0) + (bundle / g.file).stat().st_size
         if g.degraded:
