@@ -49,6 +49,24 @@ def _vision(cls: str, config: str, **kw: Any) -> Callable[[], nn.Module]:
     return make
 
 
+def _audio(cls: str, config: str, **kw: Any) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import transformers
+
+        return getattr(transformers, cls)(getattr(transformers, config)(
+            **TINY, conv_dim=(8, 8), conv_stride=(4, 2), conv_kernel=(8, 4), num_conv_pos_embeddings=4,
+            num_conv_pos_embedding_groups=2, **kw))
+    return make
+
+
+def frames_pooled(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[mean of the real frames, frames]: what the audio adapters return without a prefix."""
+    wave, mask = inputs["values"][..., 0], inputs["mask"]
+    out = model(input_values=wave, attention_mask=mask).last_hidden_state
+    real = model._get_feature_vector_attention_mask(out.shape[1], mask).to(out.dtype)[..., None]
+    return torch.cat([((out * real).sum(1) / real.sum(1))[:, None], out], dim=1)
+
+
 def last(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs).last_hidden_state
 
@@ -77,6 +95,9 @@ CASES = [
     Case("dinov2", _vision("Dinov2Model", "Dinov2Config", layerscale_value=0.5), "dinov2", last),
     Case("clip_vision_model", _vision("CLIPVisionModel", "CLIPVisionConfig"), "clip-vision", clip_tokens),
     Case("siglip_vision_model", _vision("SiglipVisionModel", "SiglipVisionConfig"), "siglip-vision", siglip_tokens),
+    Case("wav2vec2", _audio("Wav2Vec2Model", "Wav2Vec2Config"), "wav2vec2", frames_pooled),  # group norm, post-LN
+    Case("hubert", _audio("HubertModel", "HubertConfig", feat_extract_norm="layer", do_stable_layer_norm=True),
+         "wav2vec2", frames_pooled),
 ]
 IDS = [c.model_type for c in CASES]
 
@@ -85,11 +106,21 @@ def is_text(case: Case) -> bool:
     return case.adapter in ("bert", "roberta", "distilbert")
 
 
+def kind(case: Case) -> str:
+    return "text" if is_text(case) else "audio" if case.adapter == "wav2vec2" else "image"
+
+
 def make_inputs(case: Case, batch: int = B, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Text: row 0 ends in 2 padding positions (pad id 1 for RoBERTa, 0 otherwise); images: 8x8 RGB."""
+    """Text: row 0 ends in 2 padding positions (pad id 1 for RoBERTa, 0 otherwise); images: 8x8 RGB;
+    audio: 16 * length raw samples, row 0's last 32 are padding (zeros, as the runtime pads)."""
     g = torch.Generator().manual_seed(seed)
-    if not is_text(case):
+    if kind(case) == "image":
         return {"pixel_values": torch.randn(batch, 3, 8, 8, generator=g)}
+    if kind(case) == "audio":
+        values = torch.randn(batch, 16 * length, 1, generator=g)
+        mask = torch.ones(batch, 16 * length, dtype=torch.long)
+        mask[0, -32:], values[0, -32:] = 0, 0.0
+        return {"values": values, "mask": mask}
     pad = 1 if case.adapter == "roberta" else 0
     ids = torch.randint(3, 50, (batch, length), generator=g)
     ids[:, 0] = 2  # the tokenizer's CLS / <s>
@@ -195,8 +226,8 @@ class Prompted(nn.Module):
                      for k, enc in self.encs.items())
 
 
-@pytest.mark.parametrize("text", [True, False], ids=["text", "image"])
-def test_export_with_lora_and_prompts_matches_onnxruntime(text: bool, checkpoints: dict[str, Path],
+@pytest.mark.parametrize("group", ["text", "image", "audio"])
+def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoints: dict[str, Path],
                                                           tmp_path: Path) -> None:
     import onnxruntime as ort
     from torch.export import Dim
@@ -204,7 +235,8 @@ def test_export_with_lora_and_prompts_matches_onnxruntime(text: bool, checkpoint
     from export.fusion import export_copy
 
     torch.manual_seed(0)
-    cases = [c for c in CASES if is_text(c) == text]
+    cases = [c for c in CASES if kind(c) == group]
+    text = group == "text"
     encoders = {}
     for case in cases:
         encoders[case.model_type.replace("-", "_")] = enc = load_encoder(checkpoints[case.model_type])
@@ -217,7 +249,8 @@ def test_export_with_lora_and_prompts_matches_onnxruntime(text: bool, checkpoint
     assert twin.lora_merged == 8 * len(cases) and twin.attention_layers == 2 * len(cases)
     example = make_inputs(cases[0], batch=2, length=6)
     names = list(model.input_names)
-    dims = {n: {0: Dim("batch", min=1, max=64), **({1: Dim("seq", min=2, max=16)} if text else {})} for n in names}
+    seq = {"text": {1: Dim("seq", min=2, max=16)}, "audio": {1: Dim("samples", min=32, max=4096)}}.get(group, {})
+    dims = {n: {0: Dim("batch", min=1, max=64), **seq} for n in names}
     path = tmp_path / "enc.onnx"
     torch.onnx.export(twin.module, tuple(example[n] for n in names), str(path), dynamo=True, opset_version=18,
                       external_data=False, input_names=names, output_names=list(encoders),

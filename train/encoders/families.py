@@ -17,12 +17,14 @@ from .distilbert import DistilBertEncoder
 from .image import ImageEncoder
 from .roberta import RobertaEncoder
 from .text import TextEncoder
+from .wav2vec2 import Wav2Vec2Encoder
 
 # model_type -> {modality type -> adapter}
 FAMILIES: dict[str, dict[str, type[ModalityEncoder]]] = {}
 ADAPTERS: tuple[type[ModalityEncoder], ...] = (
     TextEncoder, RobertaEncoder, DistilBertEncoder,
     ImageEncoder, DeitEncoder, Dinov2Encoder, ClipVisionEncoder, SiglipVisionEncoder,
+    Wav2Vec2Encoder,
 )
 for _adapter, _modality in [(a, a.serves) for a in ADAPTERS]:
     for _model_type in _adapter.model_types:
