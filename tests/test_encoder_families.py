@@ -21,6 +21,7 @@ from train.modules.lora import inject_lora
 
 H, P, B = 32, 2, 3
 TINY = dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+EOS = 49  # the CLIP case's end-of-text id, written after the last real token
 IMAGE = dict(image_size=8, patch_size=2, num_channels=3)
 
 
@@ -67,6 +68,11 @@ def frames_pooled(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
     return torch.cat([((out * real).sum(1) / real.sum(1))[:, None], out], dim=1)
 
 
+def clip_text_tokens(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**inputs)
+    return torch.cat([out.pooler_output[:, None], out.last_hidden_state], dim=1)
+
+
 def last(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs).last_hidden_state
 
@@ -90,6 +96,8 @@ CASES = [
                               max_position_embeddings=40), "roberta", last),
     Case("distilbert", _text("DistilBertModel", "DistilBertConfig", dim=H, n_layers=2, n_heads=2, hidden_dim=64),
          "distilbert", last),
+    Case("clip_text_model", _text("CLIPTextModel", "CLIPTextConfig", **TINY, eos_token_id=EOS,
+                                  max_position_embeddings=16), "clip-text", clip_text_tokens),
     Case("vit", _vision("ViTModel", "ViTConfig"), "vit", last),
     Case("deit", _vision("DeiTModel", "DeiTConfig"), "deit", last),
     Case("dinov2", _vision("Dinov2Model", "Dinov2Config", layerscale_value=0.5), "dinov2", last),
@@ -103,7 +111,7 @@ IDS = [c.model_type for c in CASES]
 
 
 def is_text(case: Case) -> bool:
-    return case.adapter in ("bert", "roberta", "distilbert")
+    return case.adapter in ("bert", "roberta", "distilbert", "clip-text")
 
 
 def kind(case: Case) -> str:
@@ -127,7 +135,16 @@ def make_inputs(case: Case, batch: int = B, length: int = 7, seed: int = 0) -> d
     mask = torch.ones(batch, length, dtype=torch.long)
     mask[0, -2:] = 0
     ids[0, -2:] = pad
+    if case.adapter == "clip-text":  # the CLIP tokenizer ends every text in EOS
+        ids[ids == EOS] = 5
+        ids[0, -3], ids[1:, -1] = EOS, EOS
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def real_rows(mask: np.ndarray, width: int, prefix: int) -> np.ndarray:
+    """Output positions that hold a prompt, a pooled token (when the output has one more) or a real token."""
+    extra = width - prefix - mask.shape[1]
+    return np.concatenate([np.ones((mask.shape[0], prefix + extra), bool), mask.astype(bool)], axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +181,8 @@ def test_adapter_matches_the_stock_model(case: Case, checkpoints: dict[str, Path
         expected = case.reference(stock, inputs)
     out = run(enc, inputs)
     assert out.shape == expected.shape
-    if is_text(case):  # padded positions are garbage in both; compare real tokens
-        real = inputs["attention_mask"].bool()
+    if is_text(case):  # padded positions are garbage in both; compare real tokens (and a pooled token)
+        real = torch.from_numpy(real_rows(inputs["attention_mask"].numpy(), out.shape[1], 0))
         torch.testing.assert_close(out[real], expected[real], rtol=1e-5, atol=1e-5)
     else:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
@@ -266,7 +283,7 @@ def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoint
         for name, g, e in zip(encoders, got, expected):
             assert g.shape == e.shape, name
             if text:  # padded positions are never read; compare prompts and real tokens
-                real = np.concatenate([np.ones((batch, P), bool), inputs["attention_mask"].numpy().astype(bool)], 1)
+                real = real_rows(inputs["attention_mask"].numpy(), g.shape[1], P)
                 g, e = g[real], e[real]
             np.testing.assert_allclose(g, e, rtol=0, atol=1e-4, err_msg=name)
 

@@ -10,6 +10,7 @@ towers) needs the modality type to pick one.
 from __future__ import annotations
 
 from .base import ModalityEncoder
+from .clip_text import ClipTextEncoder
 from .clip_vision import ClipVisionEncoder, SiglipVisionEncoder
 from .deit import DeitEncoder
 from .dinov2 import Dinov2Encoder
@@ -22,7 +23,7 @@ from .wav2vec2 import Wav2Vec2Encoder
 # model_type -> {modality type -> adapter}
 FAMILIES: dict[str, dict[str, type[ModalityEncoder]]] = {}
 ADAPTERS: tuple[type[ModalityEncoder], ...] = (
-    TextEncoder, RobertaEncoder, DistilBertEncoder,
+    TextEncoder, RobertaEncoder, DistilBertEncoder, ClipTextEncoder,
     ImageEncoder, DeitEncoder, Dinov2Encoder, ClipVisionEncoder, SiglipVisionEncoder,
     Wav2Vec2Encoder,
 )
