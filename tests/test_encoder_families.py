@@ -46,7 +46,7 @@ def _vision(cls: str, config: str, **kw: Any) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         import transformers
 
-        return getattr(transformers, cls)(getattr(transformers, config)(**TINY, **IMAGE, **kw))
+        return getattr(transformers, cls)(getattr(transformers, config)(**{**TINY, **IMAGE, **kw}))
     return make
 
 
@@ -100,7 +100,8 @@ CASES = [
                                   max_position_embeddings=16), "clip-text", clip_text_tokens),
     Case("vit", _vision("ViTModel", "ViTConfig"), "vit", last),
     Case("deit", _vision("DeiTModel", "DeiTConfig"), "deit", last),
-    Case("dinov2", _vision("Dinov2Model", "Dinov2Config", layerscale_value=0.5), "dinov2", last),
+    # trained at 12 px, fed 8 px: the position grid is interpolated (bicubic) in torch and in the graph
+    Case("dinov2", _vision("Dinov2Model", "Dinov2Config", layerscale_value=0.5, image_size=12), "dinov2", last),
     Case("clip_vision_model", _vision("CLIPVisionModel", "CLIPVisionConfig"), "clip-vision", clip_tokens),
     Case("siglip_vision_model", _vision("SiglipVisionModel", "SiglipVisionConfig"), "siglip-vision", siglip_tokens),
     Case("wav2vec2", _audio("Wav2Vec2Model", "Wav2Vec2Config"), "wav2vec2", frames_pooled),  # group norm, post-LN
