@@ -125,3 +125,31 @@ def test_unimodal_with_a_user_encoder_writes_its_preprocessing(tmp_path: Path, c
     unimodal.pretrain_unimodal(cfg)
     spec = json.loads((tmp_path / "u" / "modality.json").read_text())["preprocess"]
     assert spec["mean"] == CLIP_MEAN and spec["size"] == [8, 8] and spec["channels"] == 3
+
+
+def test_image_spec_variants_and_waveform_refusal(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from train.encoders.model_spec import image_spec_from_model, spec_from_model
+
+    fitted = {"type": "image", "size": [30, 40], "channels": 1, "mean": [0.3], "std": [0.2]}
+    hf = SimpleNamespace(num_channels=3, image_size=16)
+    # no preprocessor_config.json: the model's size (fixed position grid), the fitted statistics
+    assert image_spec_from_model(fitted, tmp_path, hf) == {**fitted, "size": [16, 16], "channels": 3}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"size": {"shortest_edge": 24}, "do_center_crop": False, "do_normalize": False, "do_rescale": False}))
+    spec = image_spec_from_model(fitted, tmp_path, hf)
+    assert (spec["size"], spec["scale"], spec["mean"], spec["std"]) == ([24, 24], 1.0, [0.0] * 3, [1.0] * 3)
+
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from train.encoders.wav2vec2 import Wav2Vec2Encoder
+
+    enc = Wav2Vec2Encoder(Wav2Vec2Model(Wav2Vec2Config(**TINY, conv_dim=(8,), conv_stride=(4,), conv_kernel=(8,),
+                                                       num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)),
+                          {})
+    mfcc = {"type": "audio", "input": "waveform", "sample_rate": 16000, "mfcc": {"n_mfcc": 13}}
+    with pytest.raises(ValueError, match=r"\(N, 1\) .npy of samples at 16000 Hz"):
+        spec_from_model(mfcc, "audio", tmp_path, enc)
+    raw = {"type": "audio", "input": "features", "n_features": 1, "max_frames": 16000}
+    assert spec_from_model(raw, "audio", tmp_path, enc) == raw
