@@ -225,6 +225,22 @@ def test_lora_and_bitfit_targets(case: Case, checkpoints: dict[str, Path]) -> No
     assert any(".layers." in n or ".layer." in n for n in trainable)  # inside the layer stack
 
 
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_run_rebuild_and_save_round_trip(case: Case, checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """What a run records (train.runs.encoder_entry) rebuilds the same module; save_pretrained reloads it."""
+    from train.runs import encoder_entry, rebuild_encoder
+
+    enc = load_encoder(checkpoints[case.model_type])
+    rebuilt = rebuild_encoder(encoder_entry(enc)).eval()
+    assert type(rebuilt) is type(enc)
+    rebuilt.load_state_dict(enc.state_dict(), strict=True)
+    inputs, prompts = make_inputs(case), torch.randn(B, P, H)
+    expected = run(enc, inputs, prompts, readonly=True)
+    torch.testing.assert_close(run(rebuilt, inputs, prompts, readonly=True), expected, rtol=0, atol=0)
+    enc.save_pretrained(tmp_path)
+    torch.testing.assert_close(run(load_encoder(tmp_path), inputs, prompts, readonly=True), expected, rtol=0, atol=0)
+
+
 class Prompted(nn.Module):
     """Each family's encoder with learned prompts, called positionally (as a pattern branch is).
 
