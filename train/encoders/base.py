@@ -6,7 +6,8 @@ Kim & Kim read-only prompts) and choose who may attend to them. We never call th
 backbone's own ``forward``: it builds its own mask from a 2-D padding mask and has
 no notion of read-only prefixes.
 
-Masks in transformers 5.23 (read from modeling_bert.py / modeling_vit.py):
+Masks in transformers 5.23 (read from modeling_bert.py / modeling_vit.py; the other families'
+layers in ``families`` take and forward the mask the same way):
 - ``BertLayer(hidden, attention_mask)`` and ``ViTLayer(hidden, attention_mask)``
   return a plain tensor (no tuple any more) and pass ``attention_mask`` unchanged to
   the attention function picked by ``config._attn_implementation``.
