@@ -6,6 +6,7 @@ from pathlib import Path
 
 from runtime.cli import DefaultsFormatter
 from train.cli.common import add_data_args, methods_help, parse_options
+from train.cli.encoder_flag import ENCODER_HELP, parse_encoder_flags, unimodal_encoder
 
 
 class _HelpFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
@@ -29,7 +30,9 @@ def add_unimodal_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", required=True, help="modality name in the dataset, e.g. image, audio, question")
     p.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<dataset>/unimodal/<modality>)")
     p.add_argument("--encoder", default=None,
-                   help="HF hub id or local dir to start from (default: packaged MiniLM for text, scratch otherwise)")
+                   help="HF hub id or local dir to start from, as SOURCE or MODALITY=SOURCE (default: packaged MiniLM "
+                        "for text, scratch otherwise); its preprocessor_config.json / tokenizer.json set the "
+                        "preprocessing")
     p.add_argument("--size", choices=("tiny", "small", "base"), default="small", help="scratch encoder size")
     p.add_argument("--hidden-size", type=int, default=None, help="scratch encoder width (default: per size)")
     p.add_argument("--patch-size", type=int, default=None, help="image encoder patch (default: derived from the image)")
@@ -50,7 +53,8 @@ def _run_unimodal(args: argparse.Namespace) -> int:
 
     from train.recipes.unimodal import UnimodalConfig, pretrain_unimodal, unimodal_run_dir
 
-    cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out, encoder=args.encoder,
+    cfg = UnimodalConfig(dataset=args.dataset, modality=args.modality, out=args.out,
+                         encoder=unimodal_encoder(args.encoder, args.modality),
                          size=args.size, hidden_size=args.hidden_size, patch_size=args.patch_size, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit,
                          data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume, min_steps=args.min_steps,
@@ -86,6 +90,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output dir (default: runs/<dataset>/<method>)")
     p.add_argument("--unimodal-dir", type=Path, default=None,
                    help="pretrained encoders, one <modality>/encoder each (default: runs/<dataset>/unimodal)")
+    p.add_argument("--encoder", dest="encoders", action="append", default=[], metavar="MODALITY=DIR_OR_HUB_ID",
+                   help=ENCODER_HELP + "; replaces --unimodal-dir for that modality")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (each method's options are listed below)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (the CMPT paper's image-text setting)")
@@ -110,7 +116,8 @@ def _run_method(args: argparse.Namespace) -> int:
     from train.reporting.tables import pattern_table
 
     cfg = TrainConfig(method=args.method, dataset=args.dataset, method_config=parse_options(args.options),
-                      out=args.out, unimodal_dir=args.unimodal_dir, epochs=args.epochs,
+                      out=args.out, unimodal_dir=args.unimodal_dir, encoders=parse_encoder_flags(args.encoders),
+                      epochs=args.epochs,
                       warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       limit=args.limit, data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume,
                       select=args.select, min_steps=args.min_steps)

@@ -16,6 +16,7 @@ from .loading import (
     load_encoder,
     minilm_dir,
 )
+from .model_spec import encoder_spec, spec_from_model
 from .text import TextEncoder
 
 __all__ = [
@@ -31,7 +32,9 @@ __all__ = [
     "attention_bias",
     "build_encoder",
     "default_encoder_config",
+    "encoder_spec",
     "hf_offline",
     "load_encoder",
     "minilm_dir",
+    "spec_from_model",
 ]

@@ -1,12 +1,13 @@
 """The uniform "tokens -> transformer -> outputs" interface every modality encoder implements.
 
-An encoder is a Hugging Face backbone (BertModel or ViTModel) whose layers we run
+An encoder is a Hugging Face backbone (one adapter per family, see ``families``) whose layers we run
 ourselves, so that methods can put extra tokens *before* CLS (CMPT proxy tokens,
 Kim & Kim read-only prompts) and choose who may attend to them. We never call the
 backbone's own ``forward``: it builds its own mask from a 2-D padding mask and has
 no notion of read-only prefixes.
 
-Masks in transformers 5.23 (read from modeling_bert.py / modeling_vit.py):
+Masks in transformers 5.23 (read from modeling_bert.py / modeling_vit.py; the other families'
+layers in ``families`` take and forward the mask the same way):
 - ``BertLayer(hidden, attention_mask)`` and ``ViTLayer(hidden, attention_mask)``
   return a plain tensor (no tuple any more) and pass ``attention_mask`` unchanged to
   the attention function picked by ``config._attn_implementation``.
@@ -131,6 +132,8 @@ class ModalityEncoder(nn.Module):
     """
 
     architecture: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]] = ()  # HF config model_type values this adapter loads
+    serves: ClassVar[str] = ""  # the modality type a checkpoint of those model types becomes
     input_names: tuple[str, ...]
     fusable_attention: bool = False  # set by use_fusable_attention (export copies only)
     # Attribute paths of q/k/v/out projections inside one transformer layer.
@@ -179,13 +182,26 @@ class ModalityEncoder(nn.Module):
             prefix = prefix.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([prefix, tokens], dim=1)
             keep = torch.cat([torch.ones_like(keep[:, :1]).expand(-1, num_prefix), keep], dim=1)
-        bias = additive_attention_bias if self.fusable_attention else attention_bias
-        mask = bias(keep, num_prefix, readonly_prefix, tokens.dtype)
+        mask = self.attention_mask(keep, num_prefix, readonly_prefix, tokens.dtype)
         hidden = tokens
         for layer in self.layers():
             hidden = layer(hidden, mask)
         norm = self.final_norm()
-        return norm(hidden) if norm is not None else hidden
+        hidden = norm(hidden) if norm is not None else hidden
+        return self.readout(hidden, keep, num_prefix)
+
+    def attention_mask(self, keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: torch.dtype) -> Tensor:
+        """The additive (B, 1, Q, K) mask every layer gets; bidirectional unless a family overrides it."""
+        bias = additive_attention_bias if self.fusable_attention else attention_bias
+        return bias(keep, num_prefix, readonly_prefix, dtype)
+
+    def readout(self, hidden: Tensor, keep: Tensor, num_prefix: int) -> Tensor:
+        """The returned sequence; identity for backbones whose embed already put a CLS at 0.
+
+        Backbones without a CLS token (SigLIP, Wav2Vec2) insert a pooled token at ``num_prefix``
+        here, computed from the input tokens only, so a read-only prefix stays unread by it.
+        """
+        return hidden
 
     def forward(
         self,

@@ -42,6 +42,8 @@ class ImageEncoder(ModalityEncoder):
     """
 
     architecture = "vit"
+    model_types: tuple[str, ...] = ("vit",)
+    serves = "image"
     input_names = ("pixel_values",)
     projection_paths = {
         "q": "attention.q_proj",

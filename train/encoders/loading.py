@@ -10,14 +10,14 @@ from runtime.modality_spec import DEFAULT_MAX_FRAMES, DEFAULT_MAX_TOKENS, spec_o
 from train.data.cache import minilm_dir  # the one place that knows where MiniLM lives
 
 from .base import FORMAT_VERSION, META_FILE, ModalityEncoder
+from .families import ADAPTERS, adapter_for
 from .frames import FRAME_TYPES, FramesEncoder
 from .image import ImageEncoder
 from .text import TextEncoder
 
 MODALITY_TYPES = ("image", "text", "audio", "timeseries")
 ARCHITECTURES: dict[str, type[ModalityEncoder]] = {
-    ImageEncoder.architecture: ImageEncoder,
-    TextEncoder.architecture: TextEncoder,
+    **{a.architecture: a for a in ADAPTERS},
     FramesEncoder.architecture: FramesEncoder,
 }
 SIZES: dict[str, dict[str, int]] = {
@@ -136,7 +136,7 @@ def build_encoder(modality_type: str, config: dict[str, Any]) -> ModalityEncoder
 
 def load_encoder(source: str | Path, modality_type: str | None = None) -> ModalityEncoder:
     """An encoder in eval mode (like HF from_pretrained) from a save_pretrained directory,
-    or from a stock HF BertModel (text) / ViTModel (image) directory or hub id."""
+    or from a stock HF checkpoint (directory or hub id) of a supported family (``families``)."""
     path = Path(source)
     meta_path = path / META_FILE
     if meta_path.is_file():
@@ -163,18 +163,13 @@ def load_encoder(source: str | Path, modality_type: str | None = None) -> Modali
             f"and not a reachable HF model ({err}). Offline (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}) "
             "only local directories work; the packaged text default is train.encoders.minilm_dir()"
         ) from err
-    stock = {"bert": "text", "vit": "image"}
-    inferred = stock.get(hf_config.model_type)
-    if inferred is None:
-        raise ValueError(f"{source}: model_type {hf_config.model_type!r} is not supported; use a BertModel or ViTModel")
-    if modality_type is not None and modality_type != inferred:
-        if modality_type in FRAME_TYPES and inferred == "text":
-            raise ValueError(
-                f"a stock BERT has no frame projection; use build_encoder({modality_type!r}, "
-                f"{{'pretrained': {str(source)!r}, 'n_features': F}})"
-            )
-        raise ValueError(f"{source} is a {hf_config.model_type} model ({inferred}), not a {modality_type!r} encoder")
+    if modality_type in FRAME_TYPES and hf_config.model_type == "bert":
+        raise ValueError(
+            f"a stock BERT has no frame projection; use build_encoder({modality_type!r}, "
+            f"{{'pretrained': {str(source)!r}, 'n_features': F}})"
+        )
+    adapter = adapter_for(hf_config.model_type, modality_type, str(source))
     build_config = {"pretrained": str(source)}
-    encoder = _encoder_class(inferred).from_pretrained(str(source), build_config, local_files_only=hf_offline(),
-                                                       modality_type=inferred)
+    encoder = adapter.from_pretrained(str(source), build_config, local_files_only=hf_offline(),
+                                      modality_type=adapter.serves)
     return encoder.eval()

@@ -61,6 +61,8 @@ class TextEncoder(ModalityEncoder):
     """input_ids / attention_mask (B, T) int64 -> BERT tokens; the tokenizer already put [CLS] at 0."""
 
     architecture = "bert"
+    model_types: tuple[str, ...] = ("bert",)
+    serves = "text"
     input_names = ("input_ids", "attention_mask")
     projection_paths = BERT_PROJECTIONS
 

@@ -37,6 +37,9 @@ class TrainConfig:
     method_config: dict[str, Any] = field(default_factory=dict)  # e.g. {"align_weight": 0.2}
     out: Path | None = None  # default: runs/<dataset>/<method>
     unimodal_dir: Path | None = None  # default: runs/<dataset>/unimodal (one <modality>/encoder each)
+    # modality -> HF directory or hub id, loaded as that modality's encoder instead of the unimodal run's
+    # (no unimodal pretraining; its preprocessing comes from the checkpoint: train.encoders.model_spec)
+    encoders: dict[str, str] = field(default_factory=dict)
     # The paper's Table 5 (image-text): 10 epochs, 5 warm-up epochs at 0.1x lr, lr 1e-3,
     # AdamW(wd 0.02, eps 1e-8). Batch 32 instead of 8: per-step overhead dominates on CPU.
     epochs: int = 10
@@ -108,17 +111,35 @@ def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], n
     return heads
 
 
-def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False) -> UnimodalArtefacts:
-    """The pretrained encoder of every modality, the preprocessing it was trained with, and its head."""
-    from train.encoders import load_encoder
+def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False,
+                  sources: dict[str, str] | None = None) -> UnimodalArtefacts:
+    """The pretrained encoder of every modality, the preprocessing it was trained with, and its head.
+
+    ``sources`` (modality -> HF directory or hub id) replaces those modalities' unimodal runs.
+    """
+    from train.encoders import encoder_spec, load_encoder
 
     encoders, specs, tasks = {}, {}, {}
+    sources = dict(sources or {})
+    unknown = sorted(set(sources) - set(data.modalities))
+    if unknown:
+        raise ValueError(f"--encoder names modalities {unknown} that {data.name!r} does not have; it has "
+                         f"{data.modality_names}")
+    if heads and sources:
+        raise ValueError(f"this method uses the unimodal heads (uses_unimodal_heads), which a --encoder checkpoint "
+                         f"({sorted(sources)}) does not have; pretrain with `mmedge train unimodal --modality M "
+                         "--encoder SOURCE` first, or pick a method without heads")
     for m, spec in data.modalities.items():
+        if m in sources:
+            encoders[m] = load_encoder(sources[m], spec.type)
+            specs[m] = encoder_spec(spec, sources[m], encoders[m], [s.inputs.get(m) for s in data.split("train")])
+            continue
         enc_dir = directory / m / "encoder"
         if not (enc_dir / "config.json").is_file():
             raise NotFound(
                 f"no pretrained {m!r} encoder at {enc_dir}; run `mmedge train unimodal --dataset {data.name} "
-                f"--modality {m}` first (or pass --unimodal-dir)")
+                f"--modality {m}` first (or pass --unimodal-dir, or --encoder {m}=DIR_OR_HUB_ID for a Hugging Face "
+                "checkpoint)")
         encoders[m] = load_encoder(enc_dir, spec.type)
         meta_path = directory / m / "modality.json"
         if meta_path.is_file():
@@ -204,9 +225,10 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
     out = Path(cfg.out or method_run_dir(cfg))
     src = unimodal_source_dir(cfg)
-    phase1 = load_unimodal(dataset, src, heads=method.uses_unimodal_heads)
+    phase1 = load_unimodal(dataset, src, heads=method.uses_unimodal_heads, sources=cfg.encoders)
     info = DatasetInfo(dataset.name, dataset.task, list(dataset.labels), phase1.specs)
-    entries = {m: encoder_entry(e, src / m / "encoder") for m, e in phase1.encoders.items()}  # before LoRA
+    entries = {m: encoder_entry(e, Path(cfg.encoders[m]) if m in cfg.encoders else src / m / "encoder")
+               for m, e in phase1.encoders.items()}  # before LoRA
     seed_everything(cfg.seed)
     model = method.build(info, phase1.encoders, cfg.method_config, heads=phase1.heads)
     collate = collate_for(model)

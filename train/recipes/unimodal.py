@@ -27,7 +27,7 @@ from train.engine.checkpoint import atomic_dir, write_json_atomic
 from train.data.pretrain_tasks import relabel_for_pretraining
 from train.data.registry import load_dataset
 from train.data.types import MultimodalDataset, Task
-from train.encoders import ModalityEncoder, build_encoder, default_encoder_config, load_encoder, minilm_dir
+from train.encoders import ModalityEncoder, build_encoder, default_encoder_config, encoder_spec, load_encoder, minilm_dir
 from train.engine.loop import LoopConfig, predict_logits, train_loop
 from train.engine.metrics import task_metrics
 from train.engine.seeding import seed_everything
@@ -124,6 +124,8 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
         raise ConfigError(f"no training sample of {data.name!r} has modality {cfg.modality!r}")
     spec = data.modalities[cfg.modality]
     encoder, pretrained = _make_encoder(cfg, data)
+    if cfg.encoder is not None:  # the preprocessing the user's checkpoint was trained with
+        spec = encoder_spec(spec, cfg.encoder, encoder, [x.inputs.get(cfg.modality) for x in has["train"]])
     model = UnimodalClassifier(encoder, cfg.modality, data.num_classes, data.task)
     collate = Collate({cfg.modality: spec}, data.task, data.num_classes)
     has["train"], has["val"], carved = ensure_validation_split(has["train"], has["val"], cfg.val_fraction, cfg.seed)
