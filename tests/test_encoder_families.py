@@ -263,10 +263,10 @@ class Prompted(nn.Module):
 @pytest.mark.parametrize("group", ["text", "image", "audio"])
 def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoints: dict[str, Path],
                                                           tmp_path: Path) -> None:
-    import onnxruntime as ort
     from torch.export import Dim
 
     from export.fusion import export_copy
+    from runtime.runners.onnxrt import create_session, session_options
 
     torch.manual_seed(0)
     cases = [c for c in CASES if kind(c) == group]
@@ -289,9 +289,7 @@ def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoint
     torch.onnx.export(twin.module, tuple(example[n] for n in names), str(path), dynamo=True, opset_version=18,
                       external_data=False, input_names=names, output_names=list(encoders),
                       dynamic_shapes={"args": tuple(dims[n] for n in names)})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(path, session_options(threads=1))
     for batch, length in [(1, 4), (5, 9)]:
         inputs = make_inputs(cases[0], batch=batch, length=length, seed=batch)
         with torch.no_grad():
