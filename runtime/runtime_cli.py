@@ -167,10 +167,11 @@ def _confidence_info(m: Manifest) -> dict[str, Any]:
 
 
 def predict(bundle: Path, precision: str, providers: list[str] | None, raw: dict[str, Any], top_k: int,
-            as_json: bool, trusted_keys: list[str] | None = None) -> dict[str, Any]:
+            as_json: bool, trusted_keys: list[str] | None = None, backend: str = "onnxruntime") -> dict[str, Any]:
     from runtime.session import Runtime
 
-    rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True, trusted_keys=trusted_keys)
+    rt = Runtime.load(bundle, precision=precision, providers=providers, lazy=True, trusted_keys=trusted_keys,
+                      backend=backend)
     inputs = {m: raw.get(m) for m in rt.modalities}
     pred = rt.predict(inputs, top_k=top_k)
     cut = {m: rt.sequence_policies[m] for m, n in rt.sequence_cuts.items() if n}
@@ -200,6 +201,10 @@ def _common(p: argparse.ArgumentParser, name: str) -> None:
                    help="refuse the bundle unless signed by this ed25519 public key (repeatable; mmedge[sign])")
     if name == "predict":
         p.add_argument("--top-k", type=int, default=5)
+        p.add_argument("--backend", default="onnxruntime",
+                       help="onnxruntime (the ONNX graphs; --providers picks its execution providers) or tensorrt "
+                            "(the bundle's prebuilt engines, `mmedge export build --engine tensorrt`) "
+                            "(default: onnxruntime)")
 
 
 def _modality_parser(bundle: Path, manifest: Manifest, full: bool) -> argparse.ArgumentParser:
@@ -223,7 +228,7 @@ def _bundle_help(argv: list[str]) -> str | None:
     """``predict BUNDLE ... --help`` with a readable bundle: its help, modality flags included."""
     if argv[:1] != ["predict"] or not {"-h", "--help"} & set(argv):
         return None
-    valued = {"--precision", "--providers", "--trusted-key", "--top-k"}
+    valued = {"--precision", "--providers", "--trusted-key", "--top-k", "--backend"}
     bundle = next((Path(a) for i, a in enumerate(argv[1:], 1)
                    if not a.startswith("-") and argv[i - 1] not in valued), None)
     if bundle is None or not bundle.is_dir():
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = {m: read_raw(v, manifest.modalities[m].type) for m, v in vars(margs).items() if v is not None}
         if not raw:
             mp.error(f"give at least one of {', '.join(f[0] for f in flags.values())}")
-        predict(args.bundle, args.precision, providers, raw, args.top_k, args.json, args.trusted_keys)
+        predict(args.bundle, args.precision, providers, raw, args.top_k, args.json, args.trusted_keys, args.backend)
         return 0
     except (MMEdgeError, OSError) as err:  # typed refusals, and files the CLI cannot read; else a bug
         print(f"mmedge runtime {args.cmd}: {type(err).__name__}: {err}", file=sys.stderr)

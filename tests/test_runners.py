@@ -241,3 +241,10 @@ def test_shape_outside_the_profile_is_the_inputs_typed_error() -> None:
             runner._check_shape("audio.values", bad)
         assert isinstance(err.value, RuntimeInputError) and err.value.modality == "audio"
         assert "[8, 6, 5]" in str(err.value)
+
+
+def test_onnxruntime_only_options_are_refused_for_the_tensorrt_backend(bundle: Path) -> None:
+    from runtime.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="providers only apply to backend 'onnxruntime'"):
+        Runtime.load(bundle, precision="fp32", backend="tensorrt", providers=["cpu"], lazy=True)

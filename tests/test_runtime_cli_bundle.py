@@ -86,3 +86,17 @@ def test_load_warns_with_a_typed_warning_a_host_can_make_an_error(degraded: Path
             Runtime.load(degraded, lazy=True)
         Runtime.load(bundle, lazy=True)  # a bundle without degraded graphs loads silently
     assert issubclass(DegradedGraphWarning, UserWarning)
+
+
+def test_predict_backend_flag_reaches_the_runner_seam(bundle: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    np.save(tmp_path / "clip.npy", np.ones((4, 5), np.float32))
+    argv = ["runtime", "predict", str(bundle), "--audio", str(tmp_path / "clip.npy")]
+    assert mmedge([*argv, "--backend", "onnxruntime", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pattern"] == "audio"
+    # This bundle has no engines (and this machine no TensorRT): a typed refusal, exit 2, no traceback.
+    assert mmedge([*argv, "--backend", "tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("ArtifactMissing" in err or "BackendUnavailable" in err), err
+    assert mmedge([*argv, "--backend", "openvino"]) == 2
+    assert "UnknownRunner" in capsys.readouterr().err

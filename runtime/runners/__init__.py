@@ -14,7 +14,8 @@ from runtime.runners.base import (ArtifactMissing, BackendUnavailable, EngineMis
 
 register_runner("onnxruntime", _onnxrt.open_graph, check=_onnxrt.check, resolve=_onnxrt.resolve_options,
                 variants=_onnxrt.BENCH_VARIANTS, replace=True)
-register_runner("tensorrt", _tensorrt.open_engine, check=_tensorrt.check, replace=True)
+register_runner("tensorrt", _tensorrt.open_engine, check=_tensorrt.check, resolve=_tensorrt.resolve_options,
+                replace=True)
 
 __all__ = ["ArtifactMissing", "BackendUnavailable", "EngineMismatch", "GraphSource", "Runner", "RunnerBackend",
            "RunnerBase", "RunnerOptions", "ShapeOutsideProfile", "UnknownRunner", "available_runners", "get_runner",

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import BundleIntegrityError, InferenceError
+from runtime.errors import BundleIntegrityError, InferenceError, InvalidArgument
 from runtime.graph_checks import read_verified
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, engine_files
 from runtime.runners.base import (ArtifactMissing, BackendUnavailable, EngineMismatch, GraphSource, RunnerBase,
@@ -253,3 +253,14 @@ def check(bundle_dir: Path, manifest: Manifest, entry: GraphEntry | None, option
         return (f"native TensorRT: {Path(bundle_dir).name} has no engines; build them on this GPU with "
                 "`mmedge export build --engine tensorrt`")
     return None
+
+
+def resolve_options(options: RunnerOptions, bundle_dir: Path, precision: str) -> RunnerOptions:
+    """Refuse onnxruntime-only options: an engine has no provider chain, .ort copy or EP cache."""
+    given = [name for name, value in (("providers", options.providers), ("prefer_ort_format", options.prefer_ort_format),
+                                      ("trt_cache_dir", options.trt_cache_dir)) if value]
+    if given:
+        raise InvalidArgument(f"backend 'tensorrt' runs the bundle's prebuilt engines; {', '.join(given)} "
+                              "only apply to backend 'onnxruntime' (whose TensorRT execution provider is "
+                              "providers=['tensorrt'])")
+    return options
