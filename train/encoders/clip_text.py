@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .clip_vision import CLIP_PROJECTIONS
 from .hf import load_backbone
 from .text import TextEncoder, check_positions
@@ -33,7 +34,7 @@ class ClipTextEncoder(TextEncoder):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "ClipTextEncoder":
-        raise ValueError("CLIP text encoders are loaded from a pretrained directory, not built from a size preset")
+        raise ConfigError("CLIP text encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .hf import load_backbone
 from .image import ImageEncoder
 
@@ -36,7 +37,7 @@ class ClipVisionEncoder(ImageEncoder):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], modality_type: str = "image") -> "ClipVisionEncoder":
-        raise ValueError(f"{cls.architecture} encoders are loaded from a pretrained directory, not built from a size preset")
+        raise ConfigError(f"{cls.architecture} encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

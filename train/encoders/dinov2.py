@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from runtime.errors import ConfigError
 from .hf import load_backbone
 from .image import ImageEncoder
 
@@ -23,7 +24,7 @@ class Dinov2Encoder(ImageEncoder):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], modality_type: str = "image") -> "Dinov2Encoder":
-        raise ValueError("DINOv2 encoders are loaded from a pretrained directory, not built from a size preset")
+        raise ConfigError("DINOv2 encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .hf import load_backbone
 from .text import TextEncoder, check_positions
 
@@ -23,7 +24,7 @@ class DistilBertEncoder(TextEncoder):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "DistilBertEncoder":
-        raise ValueError("DistilBERT encoders are loaded from a pretrained directory, not built from a size preset")
+        raise ConfigError("DistilBERT encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

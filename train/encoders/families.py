@@ -9,6 +9,7 @@ towers) needs the modality type to pick one.
 """
 from __future__ import annotations
 
+from runtime.errors import ConfigError
 from .base import ModalityEncoder
 from .clip_text import ClipTextEncoder
 from .clip_vision import ClipVisionEncoder, SiglipVisionEncoder
@@ -41,14 +42,14 @@ def adapter_for(model_type: str, modality_type: str | None, source: str) -> type
     """The adapter for a checkpoint's ``model_type``; ``modality_type`` None picks the only one."""
     served = FAMILIES.get(model_type)
     if served is None:
-        raise ValueError(f"{source}: model_type {model_type!r} is not supported; supported model types: "
+        raise ConfigError(f"{source}: model_type {model_type!r} is not supported; supported model types: "
                          f"{supported_model_types()}")
     if modality_type is None:
         if len(served) > 1:
-            raise ValueError(f"{source}: a {model_type} checkpoint serves {sorted(served)}; say which modality "
+            raise ConfigError(f"{source}: a {model_type} checkpoint serves {sorted(served)}; say which modality "
                              "type to load it as")
         return next(iter(served.values()))
     if modality_type not in served:
-        raise ValueError(f"{source} is a {model_type} model ({'/'.join(sorted(served))}), not a {modality_type!r} "
+        raise ConfigError(f"{source} is a {model_type} model ({'/'.join(sorted(served))}), not a {modality_type!r} "
                          f"encoder; supported model types: {supported_model_types()}")
     return served[modality_type]

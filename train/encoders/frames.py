@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .base import ModalityEncoder
 from .text import BERT_PROJECTIONS, bert_config, check_positions, load_bert
 
@@ -25,7 +26,7 @@ class FramesEncoder(ModalityEncoder):
 
     def __init__(self, backbone: nn.Module, build_config: dict[str, Any], modality_type: str) -> None:
         if modality_type not in FRAME_TYPES:
-            raise ValueError(f"FramesEncoder serves {FRAME_TYPES}, not {modality_type!r}")
+            raise ConfigError(f"FramesEncoder serves {FRAME_TYPES}, not {modality_type!r}")
         if "n_features" not in build_config:
             raise KeyError(f"a {modality_type} encoder needs 'n_features' in its config, got {sorted(build_config)}")
         if getattr(backbone, "pooler", None) is not None:

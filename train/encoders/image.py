@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .base import ATTN_IMPLEMENTATION, ModalityEncoder, checkpoint_has_pooler
 
 
@@ -18,7 +19,7 @@ def vit_config(config: dict[str, Any]) -> Any:
     patch = int(config["patch_size"])
     if size[0] % patch or size[1] % patch:
         # ViT's strided conv would silently drop the border pixels.
-        raise ValueError(f"image_size {size} is not divisible by patch_size {patch}")
+        raise ConfigError(f"image_size {size} is not divisible by patch_size {patch}")
     hidden = int(config["hidden_size"])
     return ViTConfig(
         image_size=size if size[0] != size[1] else size[0],
@@ -54,7 +55,7 @@ class ImageEncoder(ModalityEncoder):
 
     def __init__(self, backbone: nn.Module, build_config: dict[str, Any], modality_type: str = "image") -> None:
         if modality_type != "image":
-            raise ValueError(f"ImageEncoder serves modality type 'image', not {modality_type!r}")
+            raise ConfigError(f"ImageEncoder serves modality type 'image', not {modality_type!r}")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # unused, and it would be a dangling trainable head
         super().__init__(modality_type, backbone, build_config)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import ConfigError
 from runtime.modality_spec import DEFAULT_MAX_FRAMES, DEFAULT_MAX_TOKENS, spec_of  # noqa: F401 - re-exported
 from train.data.cache import minilm_dir  # the one place that knows where MiniLM lives
 
@@ -43,7 +44,7 @@ def _encoder_class(modality_type: str) -> type[ModalityEncoder]:
         return TextEncoder
     if modality_type in FRAME_TYPES:
         return FramesEncoder
-    raise ValueError(f"unknown modality type {modality_type!r}; choose one of {MODALITY_TYPES}")
+    raise ConfigError(f"unknown modality type {modality_type!r}; choose one of {MODALITY_TYPES}")
 
 
 def _patch_size(side: int) -> int:
@@ -71,7 +72,7 @@ def default_encoder_config(
     """
     _encoder_class(modality_type)  # validates the type
     if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+        raise ConfigError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     # Hidden dropout as in BERT; attention dropout off (ViT's default). Both inert in eval/export.
     config: dict[str, Any] = {**SIZES[size], "dropout": 0.1, "attention_dropout": 0.0}
     if hidden_size is not None:
@@ -91,7 +92,7 @@ def default_encoder_config(
                                         if height % p == 0 and width % p == 0)
         if patch_size is not None:
             if height % patch_size or width % patch_size:
-                raise ValueError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
+                raise ConfigError(f"patch_size {patch_size} does not divide the image size {height}x{width}")
             config["patch_size"] = int(patch_size)
     elif modality_type == "text":
         config.update(vocab_size=_vocab_size(spec), max_positions=spec_of({**spec, "type": "text"}).sequence_length)
@@ -142,12 +143,12 @@ def load_encoder(source: str | Path, modality_type: str | None = None) -> Modali
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+            raise ConfigError(f"{meta_path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
         if modality_type is not None and modality_type != meta["modality_type"]:
-            raise ValueError(f"{path} holds a {meta['modality_type']!r} encoder, not {modality_type!r}")
+            raise ConfigError(f"{path} holds a {meta['modality_type']!r} encoder, not {modality_type!r}")
         cls = ARCHITECTURES.get(meta["architecture"])
         if cls is None:
-            raise ValueError(f"{meta_path}: unknown architecture {meta['architecture']!r}; known {sorted(ARCHITECTURES)}")
+            raise ConfigError(f"{meta_path}: unknown architecture {meta['architecture']!r}; known {sorted(ARCHITECTURES)}")
         encoder = cls.from_pretrained(str(path), meta["config"], local_files_only=True,
                                       modality_type=meta["modality_type"])
         encoder.load_extra_weights(path)
@@ -164,7 +165,7 @@ def load_encoder(source: str | Path, modality_type: str | None = None) -> Modali
             "only local directories work; the packaged text default is train.encoders.minilm_dir()"
         ) from err
     if modality_type in FRAME_TYPES and hf_config.model_type == "bert":
-        raise ValueError(
+        raise ConfigError(
             f"a stock BERT has no frame projection; use build_encoder({modality_type!r}, "
             f"{{'pretrained': {str(source)!r}, 'n_features': F}})"
         )

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.errors import ConfigError
+
 PREPROCESSOR_FILE = "preprocessor_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -56,18 +58,18 @@ def image_spec_from_model(spec: dict[str, Any], source: str | Path, hf_config: A
     if isinstance(size, int):
         size = {"height": size, "width": size}
     if not isinstance(size, dict):
-        raise ValueError(f"{path}: cannot read an image size from {size!r}")
+        raise ConfigError(f"{path}: cannot read an image size from {size!r}")
     if "height" in size and "width" in size:
         out["size"] = [int(size["height"]), int(size["width"])]
     elif "shortest_edge" in size:
         out["size"] = [int(size["shortest_edge"])] * 2
     else:
-        raise ValueError(f"{path}: size {size} has neither height/width nor shortest_edge")
+        raise ConfigError(f"{path}: size {size} has neither height/width nor shortest_edge")
     out["scale"] = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
     if pre.get("do_normalize", True) and "image_mean" in pre and "image_std" in pre:
         mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"{path}: image_mean/image_std have {len(mean)}/{len(std)} values for {channels} channels")
+            raise ConfigError(f"{path}: image_mean/image_std have {len(mean)}/{len(std)} values for {channels} channels")
         out["mean"], out["std"] = mean, std
     else:
         out["mean"], out["std"] = [0.0] * channels, [1.0] * channels

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from runtime.errors import ConfigError
 from .hf import load_backbone
 from .text import TextEncoder, check_positions
 
@@ -23,7 +24,7 @@ class RobertaEncoder(TextEncoder):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "RobertaEncoder":
-        raise ValueError("RoBERTa encoders are loaded from a pretrained directory, not built from a size preset")
+        raise ConfigError("RoBERTa encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
 from .base import ATTN_IMPLEMENTATION, ModalityEncoder, checkpoint_has_pooler
 
 # Attribute paths inside a BertLayer (shared with the frames encoder).
@@ -68,7 +69,7 @@ class TextEncoder(ModalityEncoder):
 
     def __init__(self, backbone: nn.Module, build_config: dict[str, Any], modality_type: str = "text") -> None:
         if modality_type != "text":
-            raise ValueError(f"TextEncoder serves modality type 'text', not {modality_type!r}")
+            raise ConfigError(f"TextEncoder serves modality type 'text', not {modality_type!r}")
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # we return all tokens; the NSP pooler is unused
         super().__init__(modality_type, backbone, build_config)
