@@ -123,10 +123,10 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False,
     sources = dict(sources or {})
     unknown = sorted(set(sources) - set(data.modalities))
     if unknown:
-        raise ValueError(f"--encoder names modalities {unknown} that {data.name!r} does not have; it has "
+        raise ConfigError(f"--encoder names modalities {unknown} that {data.name!r} does not have; it has "
                          f"{data.modality_names}")
     if heads and sources:
-        raise ValueError(f"this method uses the unimodal heads (uses_unimodal_heads), which a --encoder checkpoint "
+        raise ConfigError(f"this method uses the unimodal heads (uses_unimodal_heads), which a --encoder checkpoint "
                          f"({sorted(sources)}) does not have; pretrain with `mmedge train unimodal --modality M "
                          "--encoder SOURCE` first, or pick a method without heads")
     for m, spec in data.modalities.items():
