@@ -33,6 +33,7 @@ import numpy as np
 from runtime.errors import BundleIntegrityError, InferenceError, InvalidArgument
 from runtime.graph_checks import read_verified
 from runtime.manifest import GraphEntry, Manifest, TensorSpec, engine_files
+from runtime.patterns import feed_modality
 from runtime.runners.base import (ArtifactMissing, BackendUnavailable, EngineMismatch, GraphSource, RunnerBase,
                                   RunnerOptions, ShapeOutsideProfile)
 
@@ -185,7 +186,7 @@ class TensorRTRunner(RunnerBase):
             raise ShapeOutsideProfile(f"input {name!r} has shape {list(shape)}; the TensorRT engine accepts "
                                       f"{list(lo)} to {list(hi)} (its optimisation profile). Send smaller batches "
                                       "or shorter sequences, or rebuild the engines with a larger profile",
-                                      pattern=self.pattern, modality=name.split(".", 1)[0])
+                                      pattern=self.pattern, modality=feed_modality(name))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         h2d = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -199,7 +200,7 @@ class TensorRTRunner(RunnerBase):
             for n, arr in arrays.items():
                 if not self.context.set_input_shape(n, arr.shape):
                     raise ShapeOutsideProfile(f"TensorRT refused shape {list(arr.shape)} for input {n!r}",
-                                              pattern=self.pattern, modality=n.split(".", 1)[0])
+                                              pattern=self.pattern, modality=feed_modality(n))
                 _ok(self.cudart.cudaMemcpyAsync(self._bufs[n][0], arr.ctypes.data, arr.nbytes, h2d, self.stream))
             if not self.context.execute_async_v3(int(self.stream)):
                 raise InferenceError(f"TensorRT execute_async_v3 failed on {self.path.name}", pattern=self.pattern)

@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from runtime.errors import ConfigError
+from runtime.modality_spec import spec_of
 from .base import ModalityEncoder
 from .hf import load_backbone
 
@@ -92,9 +94,10 @@ class Wav2Vec2Encoder(ModalityEncoder):
 
     def spec_from_model(self, spec: dict[str, Any], source: Any) -> dict[str, Any]:
         """The raw-sample audio spec this encoder reads; a spec of MFCCs or wider features is refused."""
-        if spec.get("input", "features") != "features" or int(spec.get("n_features", 0)) != 1:
+        audio = spec_of(spec)
+        if audio.waveform or audio.feature_width != 1:
             rate = getattr(self.backbone.config, "sampling_rate", 16000)
-            raise ValueError(
+            raise ConfigError(
                 f"{source} ({self.architecture}) reads the raw waveform, but this audio modality's spec is "
                 f"{ {k: spec[k] for k in ('input', 'n_features', 'mfcc') if k in spec} }; store each clip as an (N, 1) "
                 f".npy of samples at {rate} Hz and declare the modality as "
