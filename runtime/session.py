@@ -25,74 +25,26 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
-from itertools import combinations as _combinations
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from itertools import combinations as _combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.confidence import Confidence
-from runtime.errors import (BundleIntegrityError, DegradedGraphWarning, InferenceError, InputDtypeError,
-                            InputShapeError, MMEdgeError, NoModalityAvailable, PatternNotAvailable,
-                            RuntimeInputError, UnknownModality, UnknownPrecision)
-from runtime.graph_checks import blame_input
-from runtime.inputs import (check_batch, check_feed, check_top_k, feed_bounds, from_preprocess_error, from_unexpected,
-                            safe_repr)
-from runtime.manifest import GraphEntry, Manifest, TensorSpec, load_manifest
+from runtime.errors import (BundleIntegrityError, InferenceError, InputDtypeError, MMEdgeError, NoModalityAvailable,
+                            PatternNotAvailable, RuntimeInputError, UnknownModality, UnknownPrecision)
+from runtime.graph_state import PatternGraph, cast_feed, packer_for, warmup_input, warn_degraded
+from runtime.inputs import check_batch, check_feed, check_top_k, from_preprocess_error, from_unexpected, safe_repr
+from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.modality_spec import spec_of
-from runtime.patterns import BATCH_AXIS, Pattern, feed_modality, feed_name, seq_axis_modality
-from runtime.prediction import Packer, Prediction
+from runtime.patterns import Pattern
+from runtime.prediction import Prediction
 from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
 from runtime.runners import GraphSource, Runner, RunnerBackend, RunnerOptions, get_runner
 
 if TYPE_CHECKING:
     from runtime.sensors import SensorHub
-
-class _Graph:
-    """One pattern's graph: entry, per-call constants, and its (lazily created) runner."""
-
-    def __init__(self, entry: GraphEntry, manifest: Manifest, pre: dict[str, Preprocessor]) -> None:
-        self.entry, self.key = entry, entry.pattern
-        self.modalities = sorted(Pattern.from_key(entry.pattern))
-        self.outputs = [o.name for o in entry.outputs]
-        ranges = input_ranges(manifest)
-        self.packer = _packer(entry, manifest, None)
-        # precomputed once: per call, only the preprocessors and the checks of their arrays run
-        self.steps = [(m, pre[m], {n: feed_name(m, n) for n in pre[m].input_names}) for m in self.modalities]
-        self.feeds = [_FeedSpec(t.name, np.dtype(t.dtype), len(t.shape),
-                                tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)), list(t.shape),
-                                feed_bounds(ranges.get(t.name), entry.precision) if np.dtype(t.dtype).kind == "f"
-                                else None)
-                      for t in entry.inputs]
-        self.runner: Runner | None = None
-
-
-def input_ranges(manifest: Manifest) -> dict[str, Any]:
-    """Feed name -> the value range recorded at export (from the calibration samples)."""
-    return {n: r for e in manifest.modalities.values() for n, r in (e.input_range or {}).items()}
-
-
-def _packer(entry: GraphEntry, manifest: Manifest, alpha: float | None) -> Packer:
-    """The graph's Packer: blame for non-finite outputs, and its confidence section (if any) at ``alpha``
-    (None: the export's)."""
-    multi = manifest.task == "multi-label"
-    conf = None if entry.confidence is None else Confidence.from_section(entry.confidence, entry.pattern, multi, alpha)
-    ranges = input_ranges(manifest)
-    return Packer(entry.pattern, [o.name for o in entry.outputs], manifest.labels, multi,
-                  blame=lambda feeds: blame_input(feeds, ranges, entry.pattern, entry.precision), confidence=conf)
-
-
-@dataclass(frozen=True)
-class _FeedSpec:
-    name: str
-    dtype: np.dtype
-    ndim: int
-    fixed: tuple[tuple[int, int], ...]  # (axis, size) of the non-symbolic axes
-    shape: list[int | str]
-    bounds: tuple[float, float] | None  # float feeds: accepted [low, high] (runtime.inputs.feed_bounds)
 
 
 class Runtime:
@@ -111,11 +63,11 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - a schema-valid spec whose values the preprocessor rejects
             raise BundleIntegrityError(f"bundle preprocessing spec is unusable: {type(exc).__name__}: {exc}; "
                                        "re-export the bundle") from None
-        self._graphs: dict[str, _Graph] = {}
+        self._graphs: dict[str, PatternGraph] = {}
         self._by_set: dict[frozenset[str], str] = {}
         for g in manifest.graphs:
             if g.precision == precision:
-                self._graphs[g.pattern] = _Graph(g, manifest, self._pre)
+                self._graphs[g.pattern] = PatternGraph(g, manifest, self._pre)
                 self._by_set[Pattern.from_key(g.pattern)] = g.pattern
         self.fallbacks: dict[str, list[str]] = {}
         # sub-pattern fallback: present set -> (exported pattern to run, present modalities it ignores)
@@ -183,7 +135,7 @@ class Runtime:
                                                trt_cache_dir=Path(trt_cache_dir) if trt_cache_dir else None),
                                  bundle_dir, precision)
         rt = cls(bundle_dir, manifest, precision, runner, options)
-        _warn_degraded(bundle_dir, manifest, precision)
+        warn_degraded(bundle_dir, manifest, precision)
         if alpha is not None:
             rt.set_alpha(alpha)
         if fallback:
@@ -209,7 +161,7 @@ class Runtime:
                     graph.runner = runner
         return graph.runner
 
-    def _create(self, graph: _Graph) -> Runner:
+    def _create(self, graph: PatternGraph) -> Runner:
         try:
             runner = self.backend.open(GraphSource(self.bundle_dir, self.manifest, graph.entry), self._options)
         except MMEdgeError:
@@ -222,8 +174,8 @@ class Runtime:
             self.fallbacks[graph.key] = list(runner.lost_providers)
         return runner
 
-    def _warmup(self, graph: _Graph, runner: Runner) -> None:
-        feeds = {s.name: _dummy(s, self.manifest) for s in graph.entry.inputs}
+    def _warmup(self, graph: PatternGraph, runner: Runner) -> None:
+        feeds = {s.name: warmup_input(s, self.manifest) for s in graph.entry.inputs}
         try:
             runner.run(feeds)
         except Exception as exc:  # noqa: BLE001
@@ -250,7 +202,7 @@ class Runtime:
         if not 0.0 < float(alpha) < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
         for g in self._graphs.values():  # swapping a whole Packer keeps concurrent predicts consistent
-            g.packer = _packer(g.entry, self.manifest, float(alpha))
+            g.packer = packer_for(g.entry, self.manifest, float(alpha))
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -343,7 +295,7 @@ class Runtime:
                                       indices[0] if indices and len(indices) == 1 else None) from None
             for name, arr in arrays.items():
                 out[names.get(name, name)] = arr
-        feeds = {f.name: _cast(out, f, key) for f in graph.feeds}
+        feeds = {f.name: cast_feed(out, f, key) for f in graph.feeds}
         for f in graph.feeds:
             if f.bounds is not None:
                 check_feed(feeds[f.name], f.name, f.bounds, key, self.precision)
@@ -445,48 +397,6 @@ class Runtime:
     def __repr__(self) -> str:
         return (f"Runtime({str(self.bundle_dir)!r}, precision={self.precision!r}, backend={self.backend.name!r}, "
                 f"patterns={self.patterns}, providers={self.requested_providers})")
-
-
-# ---------------------------------------------------------------------- helpers
-def degraded_patterns(manifest: Manifest, precision: str) -> list[str]:
-    return [g.pattern for g in manifest.graphs if g.precision == precision and g.degraded]
-
-
-def _warn_degraded(bundle_dir: Path, manifest: Manifest, precision: str) -> None:
-    bad = degraded_patterns(manifest, precision)
-    if bad:
-        warnings.warn(DegradedGraphWarning(
-            f"{bundle_dir}: the {precision} graphs of {bad} missed their parity tolerance and were written with "
-            "--allow-degraded; their predictions may differ from the trained model's. Load another precision, or "
-            "re-export without --allow-degraded (`mmedge runtime info` shows which graphs); "
-            "warnings.simplefilter('error', DegradedGraphWarning) makes loading them an error"), stacklevel=3)
-
-
-def _cast(arrays: dict[str, np.ndarray], spec: _FeedSpec, key: str) -> np.ndarray:
-    arr = arrays.get(spec.name)
-    if arr is None:
-        raise BundleIntegrityError(f"graph {key!r} wants input {spec.name!r} but preprocessing makes "
-                                   f"{sorted(arrays)}; the manifest and graph disagree: re-export", pattern=key)
-    if arr.dtype is not spec.dtype and arr.dtype != spec.dtype:  # builtin dtypes are singletons: `is` first
-        arr = arr.astype(spec.dtype)
-    shape = arr.shape
-    if len(shape) != spec.ndim or not all([shape[i] == d for i, d in spec.fixed]):
-        raise InputShapeError(f"input {spec.name!r} has shape {list(arr.shape)} after preprocessing; the graph wants "
-                              f"{spec.shape}", pattern=key, modality=feed_modality(spec.name))
-    return arr
-
-
-def _dummy(spec: TensorSpec, manifest: Manifest) -> np.ndarray:
-    """Zeros (ones for masks/ids) of a valid shape: batch 1, sequence axes at the spec's warmup_length."""
-    def size(axis: str) -> int:
-        if axis == BATCH_AXIS:
-            return 1
-        entry = manifest.modalities.get(seq_axis_modality(axis) or feed_modality(spec.name))
-        return spec_of(entry.preprocess).warmup_length if entry is not None else 1
-
-    shape = [d if isinstance(d, int) else size(d) for d in spec.shape]
-    fill = 1 if np.dtype(spec.dtype).kind in "iu" else 0
-    return np.full(shape, fill, dtype=spec.dtype)
 
 
 __all__ = ["Prediction", "Runtime", "MMEdgeError"]
