@@ -21,20 +21,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from runtime.errors import ConfigError
 from .clip_vision import CLIP_PROJECTIONS
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .text import TextEncoder, check_positions
 
 
-class ClipTextEncoder(TextEncoder):
+class ClipTextEncoder(PretrainedOnly, TextEncoder):
+    display_name = "CLIP text"
     architecture = "clip-text"
     model_types = ("clip_text_model", "clip")
     projection_paths = CLIP_PROJECTIONS
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "ClipTextEncoder":
-        raise ConfigError("CLIP text encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -21,23 +21,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from runtime.errors import ConfigError
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .image import ImageEncoder
 
 CLIP_PROJECTIONS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                     "o": "self_attn.out_proj"}
 
 
-class ClipVisionEncoder(ImageEncoder):
+class ClipVisionEncoder(PretrainedOnly, ImageEncoder):
     architecture = "clip-vision"
     model_types = ("clip_vision_model", "clip")
     projection_paths = CLIP_PROJECTIONS
     hf_class = "CLIPVisionModel"
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "image") -> "ClipVisionEncoder":
-        raise ConfigError(f"{cls.architecture} encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

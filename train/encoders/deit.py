@@ -7,18 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.errors import ConfigError
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .image import ImageEncoder
 
 
-class DeitEncoder(ImageEncoder):
+class DeitEncoder(PretrainedOnly, ImageEncoder):
+    display_name = "DeiT"
     architecture = "deit"
     model_types = ("deit",)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "image") -> "DeitEncoder":
-        raise ConfigError("DeiT encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

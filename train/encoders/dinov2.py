@@ -13,18 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from runtime.errors import ConfigError
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .image import ImageEncoder
 
 
-class Dinov2Encoder(ImageEncoder):
+class Dinov2Encoder(PretrainedOnly, ImageEncoder):
+    display_name = "DINOv2"
     architecture = "dinov2"
     model_types = ("dinov2",)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "image") -> "Dinov2Encoder":
-        raise ConfigError("DINOv2 encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -11,20 +11,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from runtime.errors import ConfigError
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .text import TextEncoder, check_positions
 
 
-class DistilBertEncoder(TextEncoder):
+class DistilBertEncoder(PretrainedOnly, TextEncoder):
+    display_name = "DistilBERT"
     architecture = "distilbert"
     model_types = ("distilbert",)
     projection_paths = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
                         "o": "attention.out_lin"}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "DistilBertEncoder":
-        raise ConfigError("DistilBERT encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

@@ -6,11 +6,25 @@ untrained or unused ends up trainable or exported.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
+from runtime.errors import ConfigError
+
 from .base import ATTN_IMPLEMENTATION, checkpoint_has_pooler
+
+
+class PretrainedOnly:
+    """Mixin for adapters that wrap a pretrained checkpoint only: no scratch build from a size preset."""
+
+    display_name: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], modality_type: str = "") -> Any:
+        name = cls.display_name or getattr(cls, "architecture", cls.__name__)
+        raise ConfigError(f"{name} encoders are loaded from a pretrained directory (--encoder MODALITY=DIR_OR_ID), "
+                          "not built from a size preset")
 
 
 def load_backbone(class_name: str, source: str, local_files_only: bool, pooler: bool = False) -> nn.Module:

@@ -12,19 +12,15 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from runtime.errors import ConfigError
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 from .text import TextEncoder, check_positions
 
 
-class RobertaEncoder(TextEncoder):
+class RobertaEncoder(PretrainedOnly, TextEncoder):
+    display_name = "RoBERTa"
     architecture = "roberta"
     model_types: ClassVar[tuple[str, ...]] = ("roberta", "xlm-roberta")
     hf_classes: ClassVar[dict[str, str]] = {"roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "text") -> "RobertaEncoder":
-        raise ConfigError("RoBERTa encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,

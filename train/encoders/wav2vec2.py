@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from runtime.errors import ConfigError
 from runtime.modality_spec import spec_of
 from .base import ModalityEncoder
-from .hf import load_backbone
+from .hf import PretrainedOnly, load_backbone
 
 
-class Wav2Vec2Encoder(ModalityEncoder):
+class Wav2Vec2Encoder(PretrainedOnly, ModalityEncoder):
+    display_name = "Wav2Vec2/HuBERT"
     architecture = "wav2vec2"
     model_types = ("wav2vec2", "hubert")
     serves = "audio"
@@ -48,10 +49,6 @@ class Wav2Vec2Encoder(ModalityEncoder):
             backbone.masked_spec_embed = None  # SpecAugment's mask vector: never used here
         super().__init__(modality_type, backbone, build_config)
         self.stable_layer_norm = bool(getattr(backbone.config, "do_stable_layer_norm", False))
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], modality_type: str = "audio") -> "Wav2Vec2Encoder":
-        raise ValueError("Wav2Vec2/HuBERT encoders are loaded from a pretrained directory, not built from a size preset")
 
     @classmethod
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,
