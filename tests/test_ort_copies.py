@@ -13,6 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 import export.build as build_mod
+import export.bundle_parts as parts
 from export.build import BuildConfig, build_bundle
 from export_fixtures import tiny
 from runtime.cli import main as mmedge
@@ -37,7 +38,7 @@ def _perturbed(src: Path, dst: Path) -> Path:
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(bundle, build stderr): fp32+int8 with .ort copies; the audio fp32 copy is made from a corrupted graph."""
     model, data = tiny("cmpt", 2)
-    root, real = tmp_path_factory.mktemp("ort"), build_mod._ort_copy
+    root, real = tmp_path_factory.mktemp("ort"), parts.ort_copy
 
     def ort_copy(src: Path, dst: Path) -> None:
         bad = (src.stem, src.parent.name) == BAD
@@ -45,7 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(err):
-        mp.setattr(build_mod, "_ort_copy", ort_copy)
+        mp.setattr(parts, "ort_copy", ort_copy)
         # allow_degraded=False: a failing .ort copy alone must not fail the build
         tol = {**build_mod.DEFAULT_TOLERANCES, "int8": build_mod.Tolerance(min_top1=0.5)}
         cfg = BuildConfig(precisions="fp32,int8", out=root / "b", ort_format=True, tolerances=tol, **QUICK)
