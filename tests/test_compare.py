@@ -146,6 +146,25 @@ def test_tiny_compare_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: py
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reused from") == 4
+    # An interrupted re-run (here: the second run it would retrain fails) still holds every record.
+    import train.recipes.compare as compare_mod
+
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(a)
+        raise KeyboardInterrupt
+
+    (out / "cmpt" / "seed0" / "model.safetensors").unlink()  # the third run must be retrained
+    monkeypatch.setattr(compare_mod, "run_one", failing)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert len(calls) == 1
+    kept = json.loads((out / "results.json").read_text())
+    assert len(kept["runs"]) == 4
+    monkeypatch.undo()
+    monkeypatch.setattr(registry, "load_dataset", lambda *a, **k: make_dataset(2, n_train=12, n_test=9))
+    capsys.readouterr()
     # A narrower invocation reuses its run and keeps the others' records in results.json.
     assert main([*argv[:3], "--methods", "cmpt", "--seeds", "1", *argv[7:]]) == 0
     assert capsys.readouterr().out.count("reused from") == 1

@@ -179,9 +179,7 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
     prev = _previous(out / RESULTS)
     prev_runs = {(r["method"], r["seed"]): r for r in prev.get("runs", []) if r.get("signature") == sig}
-    # Runs this invocation does not ask for (another --methods / --seeds) are kept, not dropped.
-    wanted = {(m, s) for m in methods for s in cfg.seeds}
-    kept = [r for k, r in prev_runs.items() if k not in wanted]
+    # Runs this invocation does not ask for (another --methods / --seeds) are kept, not dropped (see save).
     # A bundle is reused only when it was exported from a run trained under the same settings.
     latency = {m: r for m, r in (prev.get("latency") or {}).items()
                if cfg.export and r.get("signature") == sig and Path(r.get("bundle", "")).is_dir()}
@@ -190,7 +188,9 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     total = len(methods) * len(cfg.seeds)
 
     def save() -> dict[str, Any]:
-        every = runs + kept
+        # Wanted runs not reached yet keep their previous record, so an interruption loses nothing.
+        done = {(r["method"], r["seed"]) for r in runs}
+        every = runs + [r for k, r in prev_runs.items() if k not in done]
         results = summarise(cfg, dataset, every, eff, unimodal, started_at, time.perf_counter() - t0, [])
         results.update(extra_sections(cfg, dataset, every, unimodal, latency, sig))
         write_json_atomic(out / RESULTS, results)
