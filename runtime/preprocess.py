@@ -16,9 +16,10 @@ image      {"type": "image", "size": [H, W], "channels": C (1 or 3), "scale"?: 1
            come in the same units as at training time.
            -> pixel_values float32 (B, C, H, W)
 text       {"type": "text", "tokenizer_file": "tokenizer.json", "max_length": T,
-            "pad"?: "longest" | "max_length"}
+            "pad"?: "longest" | "max_length", "pad_id"?: int}
            raw: str ("" is allowed: the papers' placeholder). Special tokens are added,
            truncation keeps them. A relative tokenizer_file resolves against base_dir.
+           Pads get ``pad_id``, else the tokenizer file's padding id, else [PAD] / <pad>, else 0.
            -> input_ids int64 (B, T), attention_mask int64 (B, T)
 audio      {"type": "audio", "input": "features", "n_features": F, "max_frames"?: T,
             "mean"?: [F], "std"?: [F], "pad"?: "longest" | "max_frames"}

@@ -40,6 +40,14 @@ def _load_tokenizer(path: Path, max_length: int) -> tuple[Any, int]:
         return _TOKENIZERS[key]
 
 
+def _pad_id(spec: dict[str, Any], vocab_size: int) -> int:
+    value = spec["pad_id"]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < vocab_size:
+        raise PreprocessError("spec", f"text spec 'pad_id' must be a token id in [0, {vocab_size}) of its tokenizer, "
+                                      f"got {value!r}")
+    return int(value)
+
+
 class TextPreprocessor:
     input_names: tuple[str, ...] = ("input_ids", "attention_mask")
 
@@ -52,6 +60,8 @@ class TextPreprocessor:
         self.pad_fixed = pad_mode(spec, "max_length")
         self.path = path.resolve()
         self.tokenizer, self.pad_id = _load_tokenizer(self.path, self.max_length)
+        if "pad_id" in spec:  # the model's own pad token (SigLIP: </s>) wins over what the tokenizer file implies
+            self.pad_id = _pad_id(spec, int(self.tokenizer.get_vocab_size()))
         self.max_chars = self.max_length * TEXT_CHARS_PER_TOKEN
         self._masks: dict[int, np.ndarray] = {}
 

@@ -60,8 +60,15 @@ def rebuild_encoder(entry: dict[str, Any]) -> torch.nn.Module:
         raise ConfigError(f"unknown encoder architecture {entry['architecture']!r}; known {sorted(ARCHITECTURES)}")
     hf = dict(entry["hf_config"])
     hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    backbone = AutoModel.from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION)
-    return ARCHITECTURES[entry["architecture"]](backbone, dict(entry["build_config"]), entry["modality_type"])
+    adapter = ARCHITECTURES[entry["architecture"]]
+    hf_class = getattr(adapter, "hf_class", None)  # a tower AutoModel does not map (SigLIP text)
+    if hf_class is not None:
+        import transformers
+
+        backbone = getattr(transformers, hf_class)._from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION)
+    else:
+        backbone = AutoModel.from_config(hf_config, attn_implementation=ATTN_IMPLEMENTATION)
+    return adapter(backbone, dict(entry["build_config"]), entry["modality_type"])
 
 
 def save_run(out: Path, state: dict[str, torch.Tensor], config: dict[str, Any], metrics: dict[str, Any],

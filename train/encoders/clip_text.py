@@ -10,9 +10,8 @@ where ``CLIPTextModel`` pools whenever EOS is the last real token, i.e. for ever
 text preprocessing makes. Being causal, it reads the whole text and, read-only, no prompt.
 Returned: ``[prefix, pooled, tokens]`` (before the text projection, which lives in CLIPModel).
 
-SigLIP's text tower is not supported: it was trained on text padded to a fixed length with
-every pad attended and pools at the last *padded* position, which a padding-masked encoder
-cannot reproduce.
+SigLIP's text tower looks alike but is neither causal nor padding-masked, and pools at the last
+*padded* position of a fixed-length input: it has its own adapter (``siglip_text``).
 """
 from __future__ import annotations
 

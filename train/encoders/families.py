@@ -18,13 +18,14 @@ from .dinov2 import Dinov2Encoder
 from .distilbert import DistilBertEncoder
 from .image import ImageEncoder
 from .roberta import RobertaEncoder
+from .siglip_text import SiglipTextEncoder
 from .text import TextEncoder
 from .wav2vec2 import Wav2Vec2Encoder
 
 # model_type -> {modality type -> adapter}
 FAMILIES: dict[str, dict[str, type[ModalityEncoder]]] = {}
 ADAPTERS: tuple[type[ModalityEncoder], ...] = (
-    TextEncoder, RobertaEncoder, DistilBertEncoder, ClipTextEncoder,
+    TextEncoder, RobertaEncoder, DistilBertEncoder, ClipTextEncoder, SiglipTextEncoder,
     ImageEncoder, DeitEncoder, Dinov2Encoder, ClipVisionEncoder, SiglipVisionEncoder,
     Wav2Vec2Encoder,
 )

@@ -14,6 +14,8 @@ runtime.preprocess spec is rewritten from what SOURCE ships:
 - text: ``tokenizer.json`` becomes the tokenizer, and ``max_length`` is refitted with it on
   the training texts, capped at the model's usable positions. A checkpoint without a fast
   tokenizer is refused (save one: ``AutoTokenizer.from_pretrained(ID).save_pretrained(DIR)``).
+  An adapter with a ``text_spec(spec, source)`` method then rewrites the result for its family
+  (SigLIP: pad to the fixed trained length with its own pad id, see ``siglip_text``).
 """
 from __future__ import annotations
 
@@ -107,7 +109,9 @@ def spec_from_model(spec: dict[str, Any], modality_type: str, source: str | Path
     if modality_type == "image":
         return image_spec_from_model(spec, source, hf_config)
     if modality_type == "text":
-        return text_spec_from_model(spec, source, hf_config, [r for r in train_raws if r is not None])
+        out = text_spec_from_model(spec, source, hf_config, [r for r in train_raws if r is not None])
+        family = getattr(encoder, "text_spec", None)  # a family's own padding (SigLIP: fixed length, its pad id)
+        return family(out, str(source)) if callable(family) else out
     from_model = getattr(encoder, "spec_from_model", None)
     return from_model(spec, source) if callable(from_model) else dict(spec)
 
