@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mmedge demo $(ARGS)
 
+# One pytest worker per core (the tests pin torch and onnxruntime to one thread each); a file's tests
+# stay on one worker so its module fixtures (tiny trained runs, bundles) are built once.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 clean-env:
 	rm -rf $(VENV)
