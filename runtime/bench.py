@@ -22,7 +22,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class BenchConfig:
     run_dir: Path | None = None  # training run for torch_speedup; None skips it
     cold_start: bool = True
     cache_dir: Path | None = None  # TensorRT EP engine cache
+    lengths: dict[str, int] = field(default_factory=dict)  # modality -> input tokens / frames (default: the spec's max)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -251,13 +252,15 @@ def run_benchmark(cfg: BenchConfig, step: Callable[[str], None] = lambda s: None
     if missing:
         raise UnknownPrecision(",".join(missing), manifest.precisions)
     precisions = [p for p in manifest.precisions if cfg.precisions is None or p in cfg.precisions]
-    inputs = Inputs(manifest, bundle)
+    inputs = Inputs(manifest, bundle, cfg.lengths)
     rec: dict[str, Any] = {
         "bundle": bundle.name, "method": manifest.method, "dataset": manifest.dataset,
         "settings": {"runs": cfg.runs, "warmup": cfg.warmup, "batch_sizes": list(cfg.batch_sizes),
                      "precisions": precisions, "threads": cfg.threads,
                      "inputs": "deterministic synthetic raw samples (seed 0) through the bundle's preprocessing; "
-                               "sequence length = the spec's max_frames / max_length",
+                               "sequence length = " + (", ".join(f"{m} {n}" for m, n in sorted(cfg.lengths.items()))
+                                                       + " as asked; the others " if cfg.lengths else "")
+                               + "the spec's max_frames / max_length",
                      "input_shapes": inputs.describe()},
         "machine": machine_record(cfg.threads), "providers": {}, "results": [], "baselines": [], "ratios": {},
         "bundle_info": bundle_record(manifest, bundle)}

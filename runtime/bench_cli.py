@@ -19,6 +19,13 @@ def _csv(cast: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
     return parse
 
 
+def _length(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected MODALITY=N with N >= 1, got {text!r}")
+    return name.strip(), int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mmedge bench", formatter_class=DefaultsFormatter, epilog=EPILOG,
@@ -41,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, default=None, help="training run directory of the bundle, for torch_speedup")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: bench/<bundle name>/)")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start subprocess")
+    p.add_argument("--sequence-length", action="append", default=[], metavar="MODALITY=N", type=_length,
+                   help="time MODALITY's inputs at N tokens / frames, e.g. question=9 for a typical question under a "
+                        "24-token maximum (repeatable; default: every sequence at its spec's maximum)")
     return p
 
 
@@ -74,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("bench") / args.bundle.resolve().name
     cfg = BenchConfig(bundle=args.bundle, runs=args.runs, warmup=args.warmup, batch_sizes=batches,
                       precisions=args.precisions, providers=args.providers, threads=args.threads, run_dir=args.run,
-                      cold_start=not args.no_cold_start, cache_dir=out / "trt-cache")
+                      cold_start=not args.no_cold_start, cache_dir=out / "trt-cache",
+                      lengths=dict(args.sequence_length))
     step, close = _progress()
     try:
         rec = run_benchmark(cfg, step)

@@ -91,7 +91,8 @@ def markdown(rec: dict[str, Any]) -> str:
            f"Runs: {rec['settings']['warmup']} warm-up + {rec['settings']['runs']} timed per cell; latency in ms. "
            "Table pass: each cell timed on its own, one after another; the full+placeholders rows and every ratio "
            "below come from paired passes (the compared graphs timed alternately), so the same graph's p50 can "
-           "differ between the table and a ratio line; each ratio line prints both.", "",
+           "differ between the table and a ratio line; each ratio line prints both.",
+           "Inputs: " + rec["settings"]["inputs"] + ".", "",
            "| pattern | precision | provider | p50 | p90 | p99 | min | mean ± std | "
            + " | ".join(f"samples/s @b{b}" for b in batches) + " | session create (ms) |",
            "|" + "---|" * (9 + len(batches))]

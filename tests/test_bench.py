@@ -153,3 +153,41 @@ def test_synthetic_raw_covers_every_modality_type_at_the_typical_length() -> Non
     text = synthetic_raw({"type": "text", "max_length": 16, "tokenizer_file": "unused"})
     assert isinstance(text, str) and len(text.split()) >= 16  # truncated to max_length by the tokenizer
     np.testing.assert_array_equal(synthetic_raw(img), synthetic_raw(img))  # deterministic
+
+
+def test_sequence_length_times_the_asked_number_of_frames_and_tokens(bundle: Path) -> None:
+    from runtime.bench_cli import build_parser
+    from runtime.bench_inputs import raw_of_length
+    from runtime.errors import InvalidArgument, UnknownModality
+    from runtime.preprocess import make_preprocessor
+    from train.data.cache import default_tokenizer_file
+
+    manifest = load_manifest(bundle)
+    inputs = Inputs(manifest, bundle, {"audio": 3})  # the tiny audio spec's maximum is 6 frames
+    assert inputs.raw["audio"].shape == (3, 5)
+    assert inputs.feeds(manifest.graph("audio", "fp32"), 2)["audio.values"].shape == (2, 3, 5)
+    assert inputs.describe()["audio"]["asked_length"] == 3
+    for bad, err in (({"audio": 7}, InvalidArgument), ({"audio": 0}, InvalidArgument),
+                     ({"image": 4}, InvalidArgument), ({"depth": 4}, UnknownModality)):
+        with pytest.raises(err):
+            Inputs(manifest, bundle, bad)
+
+    # Text: the packaged MiniLM tokenizer adds [CLS] and [SEP], so 9 tokens are 7 filler words.
+    text = {"type": "text", "tokenizer_file": str(default_tokenizer_file()), "max_length": 24}
+    pre = make_preprocessor(text)
+    raw = raw_of_length("question", text, pre, 9)
+    assert len(raw.split()) == 7 and pre([raw])["input_ids"].shape == (1, 9)
+    with pytest.raises(InvalidArgument, match="2 special tokens"):
+        raw_of_length("question", text, pre, 1)
+    with pytest.raises(InvalidArgument, match="pads every input"):
+        raw_of_length("question", {**text, "pad": "max_length"}, pre, 9)
+    # A waveform: the prefix of the synthetic clip whose MFCC has exactly the asked frames.
+    wave = {"type": "audio", "input": "waveform", "sample_rate": 8000, "max_frames": 20,
+            "mfcc": {"n_mfcc": 13, "n_fft": 256, "hop_length": 128, "n_mels": 26}}
+    wpre = make_preprocessor(wave)
+    assert wpre([raw_of_length("audio", wave, wpre, 5)])["values"].shape == (1, 5, 13)
+
+    assert build_parser().parse_args(["--bundle", "b", "--sequence-length", "question=9"]).sequence_length == [
+        ("question", 9)]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--bundle", "b", "--sequence-length", "question"])
