@@ -5,7 +5,7 @@ and head, seed 0: the same graphs as a trained easy-vqa bundle (same shapes and 
 bundle bytes and memory are representative; accuracy numbers of such a bundle mean nothing.
 Run with the tree to measure on PYTHONPATH (this one, or the base commit's for "before"):
 
-    python tests/measure_easyvqa_untrained.py --out bundles/easyvqa-untrained [--limit 400]
+    python scripts/measure_easyvqa_untrained.py --out bundles/easyvqa-untrained [--limit 400]
 """
 from __future__ import annotations
 

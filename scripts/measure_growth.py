@@ -1,6 +1,6 @@
 """Cost as the number of modalities grows: M = 2..5 generated modalities, tiny 1-layer encoders, CMPT.
 
-Not a test (benchmarks are not tests): ``python tests/measure_growth.py --out docs/growth``
+Not a test (benchmarks are not tests): ``python scripts/measure_growth.py --out docs/growth``
 writes growth.json, growth.md and growth.png. Per M: export wall time of the fp32 bundle (all
 2^M - 1 patterns, dynamo exporter + ORT fusion + parity), graph bytes inline and with the
 shared weights file, and, in a fresh process per bundle form, Runtime.load time of every
@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export.build import BuildConfig, build_bundle  # noqa: E402
 from export.weights import share_bundle_weights  # noqa: E402
 from runtime.manifest import load_manifest  # noqa: E402

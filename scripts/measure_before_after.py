@@ -1,6 +1,6 @@
 """Before/after of the fusion, CPU INT8 and shared-weights work on one trained run (not a test).
 
-    python tests/measure_before_after.py --before bundles/before-X --after bundles/X --out docs/fusion
+    python scripts/measure_before_after.py --before bundles/before-X --after bundles/X --out docs/fusion
 
 Per pattern, at batch 1 and one thread, in one process with every graph alternated round by
 round (so load from other processes lands on all of them alike): p50 of before-fp32,
