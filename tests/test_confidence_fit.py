@@ -153,3 +153,45 @@ def test_section_with_too_few_samples_warns_and_claims_no_coverage() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Confidence.from_section(section, "image", multi_label=False, alpha=0.3)  # n=6 suffices for 0.3
+
+
+def _pred() -> object:
+    class P:  # the attributes Confidence.annotate fills
+        calibrated_probabilities = prediction_set = set_size = abstained = None
+    return P()
+
+
+def test_one_row_fast_path_matches_hand_numbers_and_the_batch_path() -> None:
+    # T = 2 on logits [2, 1, 0]: softmax([1, 0.5, 0]) = [e, e^0.5, 1] / (e + e^0.5 + 1)
+    #   = [2.718282, 1.648721, 1] / 5.367003 = [0.506480, 0.307196, 0.186324].
+    conf = Confidence("p", 2.0, False, 0.1, 10, quantile=0.6, abstain_threshold=0.55, abstain_always=False)
+    one = conf.calibrate(np.array([[2.0, 1.0, 0.0]], np.float32), None)  # type: ignore[arg-type]
+    np.testing.assert_allclose(one[0], [0.506480, 0.307196, 0.186324], atol=1e-6)
+    pred = _pred()
+    conf.annotate([pred], one, ["a", "b", "c"])
+    # cut 1 - q = 0.4: only "a" (0.506) reaches it; top-1 0.506 < 0.55 abstains.
+    assert pred.prediction_set == ["a"] and pred.set_size == 1 and pred.abstained is True
+    # Multi-label, T = 0.5 on [0, -1, 3]: sigmoid([0, -2, 6]) = [0.5, 0.119203, 0.997527].
+    multi = Confidence("p", 0.5, True, 0.1, 10, quantile=0.9, abstain_threshold=None, abstain_always=False)
+    m1 = multi.calibrate(np.array([[0.0, -1.0, 3.0]], np.float32), None)  # type: ignore[arg-type]
+    np.testing.assert_allclose(m1[0], [0.5, 0.119203, 0.997527], atol=1e-6)
+    mp = _pred()
+    multi.annotate([mp], m1, ["x", "y", "z"])
+    assert mp.prediction_set == ["z", "x", "y"] and mp.abstained is None  # cut 0.1: all three, most probable first
+
+    # Against the batch (numpy) path on random rows: same probabilities within one float32 rounding, same
+    # sets (order included) and the same abstentions, near the cut and the threshold too.
+    rng = np.random.default_rng(0)
+    for multi_label in (False, True):
+        c = Confidence("p", 1.7, multi_label, 0.1, 10, quantile=0.7, abstain_threshold=0.6, abstain_always=False)
+        z = rng.normal(0, 3, (400, 7)).astype(np.float32)
+        batch = c.calibrate(z, None)  # type: ignore[arg-type]
+        rows = np.concatenate([c.calibrate(z[i:i + 1], None) for i in range(len(z))])  # type: ignore[arg-type]
+        np.testing.assert_allclose(rows, batch, rtol=2e-7, atol=1e-9)
+        many = [_pred() for _ in z]
+        c.annotate(many, rows, list("abcdefg"))
+        for i, p in enumerate(many):
+            single = _pred()
+            c.annotate([single], rows[i:i + 1], list("abcdefg"))
+            assert (single.prediction_set, single.set_size, single.abstained) == (p.prediction_set, p.set_size,
+                                                                                  p.abstained)
