@@ -30,9 +30,9 @@ def bundle_bytes(path: Path) -> int:
                and not p.name.endswith(".json"))
 
 
-def paired(before: Path, after: Path, rounds: int, calls: int) -> list[dict]:
+def paired(before: Path, after: Path, rounds: int, calls: int, lengths: dict[str, int] | None = None) -> list[dict]:
     mb, ma = load_manifest(before), load_manifest(after)
-    ib, ia = Inputs(mb, before), Inputs(ma, after)
+    ib, ia = Inputs(mb, before, lengths), Inputs(ma, after, lengths)
     rows = []
     for key in ma.patterns("fp32"):
         cells = {}
@@ -94,10 +94,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/fusion"))
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--calls", type=int, default=10)
+    p.add_argument("--sequence-length", action="append", default=[], metavar="MODALITY=N",
+                   help="time MODALITY at N tokens / frames (as mmedge bench --sequence-length)")
     args = p.parse_args()
+    lengths = {m: int(n) for m, _, n in (x.partition("=") for x in args.sequence_length)}
     rec = {"machine": machine_record(1), "settings": {"rounds": args.rounds, "calls_per_round": args.calls,
-                                                      "batch": 1, "threads": 1}}
-    rec["paired"] = paired(args.before, args.after, args.rounds, args.calls)
+                                                      "batch": 1, "threads": 1, "lengths": lengths}}
+    rec["paired"] = paired(args.before, args.after, args.rounds, args.calls, lengths)
     for tag, path in (("before", args.before), ("after", args.after)):
         rec[tag] = {"bundle": str(path), "bundle_bytes": bundle_bytes(path), "cold_start": cold_start(path, 1),
                     "info": bundle_record(load_manifest(path), path)}
