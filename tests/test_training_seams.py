@@ -235,3 +235,22 @@ def test_no_validation_split_carves_one_out_of_train(tmp_path: Path, capsys: pyt
     metrics = train_method(cfg, dataset=data)
     assert metrics["val_carved_from_train"] == 6 and metrics["num_samples"] == {"train": 24, "val": 6, "test": 12}
     assert "no validation split: using 6 of 30 training samples" in capsys.readouterr().out
+
+
+def test_data_seed_draws_the_limit_subset_whatever_the_training_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train run --data-seed`: the --limit subset is drawn with data_seed (as `train compare` fixes it), and
+    with the training seed when none is given."""
+    import train.data.registry as data_registry
+    from train.recipes.method import TrainConfig, train_method
+
+    seen: list[int] = []
+
+    def stop_after_recording(name, data_dir=None, *, limit=None, seed=0, strict=True):  # noqa: ANN001
+        seen.append(seed)
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(data_registry, "load_dataset", stop_after_recording)
+    for cfg in (TrainConfig(method="cmpt", seed=2, data_seed=0, limit=10), TrainConfig(method="cmpt", seed=2, limit=10)):
+        with pytest.raises(RuntimeError, match="recorded"):
+            train_method(cfg)
+    assert seen == [0, 2]

@@ -105,6 +105,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select", choices=SELECTIONS, default="patterns",
                    help="the kept epoch: best mean validation metric over every availability pattern (patterns), "
                         "best with the validation samples as given (complete), or the last epoch (last)")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="draws the --limit subset (default: --seed); fix it to compare training seeds on one subset, "
+                        "as `train compare` does")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="ignore an existing checkpoint")
     p.set_defaults(func=_run_method)
 
@@ -120,7 +123,7 @@ def _run_method(args: argparse.Namespace) -> int:
                       epochs=args.epochs,
                       warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       limit=args.limit, data_dir=args.data_dir, runs_dir=args.runs_dir, resume=args.resume,
-                      select=args.select, min_steps=args.min_steps)
+                      select=args.select, min_steps=args.min_steps, data_seed=args.data_seed)
     metrics = train_method(cfg)
     if not process_state().is_main_process:
         return 0

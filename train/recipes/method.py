@@ -52,6 +52,7 @@ class TrainConfig:
     weight_decay: float = 0.02
     seed: int = 0
     limit: int | None = None  # cap per split, for quick runs
+    data_seed: int | None = None  # draws the ``limit`` subset; None: ``seed`` (the comparison fixes it across seeds)
     data_dir: Path | None = None
     runs_dir: Path = Path("runs")
     resume: bool = True
@@ -222,7 +223,8 @@ def train_method(cfg: TrainConfig, dataset: MultimodalDataset | None = None) -> 
     if dataset is None:
         from train.data.registry import load_dataset
 
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit,
+                               seed=cfg.seed if cfg.data_seed is None else cfg.data_seed)
     out = Path(cfg.out or method_run_dir(cfg))
     src = unimodal_source_dir(cfg)
     phase1 = load_unimodal(dataset, src, heads=method.uses_unimodal_heads, sources=cfg.encoders)
