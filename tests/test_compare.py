@@ -208,6 +208,11 @@ def test_tiny_compare_lee_grid_export_and_latency(tmp_path: Path) -> None:
     text = (tmp_path / "docs" / "results.md").read_text()
     assert (tmp_path / "docs" / "figures" / "tiny2-compare-latency.png").stat().st_size > 1000
     assert "Latency measured on" in text
+    # A narrower invocation without the export keeps late fusion's bundle latency in results.json.
+    narrower = run_compare(dataclasses.replace(cfg, methods=["cmpt"], lee=False, export=False), dataset=data)
+    assert narrower["latency"]["late-fusion"]["latency_batch1"] == lat["latency_batch1"]
+    board = {r["method"]: r for r in narrower["leaderboard"]}
+    assert board["late-fusion"]["p50_ms"]["fp32"][FULL] == lat["latency_batch1"]["fp32"][FULL]["p50_ms"]
 
 
 def test_coarse_pretraining_on_av_digits_is_recorded_down_to_the_method_run(tmp_path: Path) -> None:

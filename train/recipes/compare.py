@@ -180,9 +180,10 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
     prev = _previous(out / RESULTS)
     prev_runs = {(r["method"], r["seed"]): r for r in prev.get("runs", []) if r.get("signature") == sig}
     # Runs this invocation does not ask for (another --methods / --seeds) are kept, not dropped (see save).
-    # A bundle is reused only when it was exported from a run trained under the same settings.
+    # A bundle is reused only when it was exported from a run trained under the same settings; the latency
+    # of methods this invocation leaves out (or does not export: --no-export) stays with their records.
     latency = {m: r for m, r in (prev.get("latency") or {}).items()
-               if cfg.export and r.get("signature") == sig and Path(r.get("bundle", "")).is_dir()}
+               if r.get("signature") == sig and Path(r.get("bundle", "")).is_dir()}
     metric = headline(dataset.task)
     runs: list[dict[str, Any]] = []
     total = len(methods) * len(cfg.seeds)
@@ -247,6 +248,6 @@ def extra_sections(cfg: CompareConfig, data: MultimodalDataset, runs: list[dict[
            if same_labels else None)
     return {"kind": cfg.label, "label": cfg.label, "pretrain_task": cfg.pretrain_task, "select": cfg.select,
             "signature": sig, "lee_eta": lee_etas(runs),
-            "latency": {m: latency[m] for m in cfg.methods if m in latency},
+            "latency": dict(latency),
             "leaderboard": leaderboard(runs, latency, metric, [p.key for p in all_patterns(modalities)]),
             "claims": claim_verdicts(cdata, full, missing, fractions, uni)}
