@@ -179,23 +179,18 @@ class Confidence:
     def annotate(self, preds: Sequence[Any], calibrated: np.ndarray, labels: Sequence[str]) -> None:
         """Fill calibrated_probabilities (rows of ``calibrated``), prediction_set, set_size, abstained."""
         cut = 1.0 - self.quantile  # label j is in the set iff calibrated p_j >= 1 - q (LAC)
-        if len(preds) == 1 and calibrated.shape[1] <= _PY_ROW_UP_TO and math.isfinite(cut):  # streaming
-            pred, p = preds[0], calibrated[0]
-            row, cut32 = p.tolist(), float(np.float32(cut))  # float32 p >= cut compares in float32, as below
-            members = sorted((j for j, v in enumerate(row) if v >= cut32), key=row.__getitem__, reverse=True)
-            pred.calibrated_probabilities = p  # stable sort: ties keep label order, as below
-            pred.prediction_set = [labels[j] for j in members]
-            pred.set_size = len(members)
-            if self.abstain_always:
-                pred.abstained = True
-            elif self.abstain_threshold is not None:
-                pred.abstained = bool(confidence_of(p, self.multi_label) < self.abstain_threshold)
-            return
+        # Streaming (one row, few labels): Python floats; float32 p >= cut compares in float32, so cut too.
+        one_row = len(preds) == 1 and calibrated.shape[1] <= _PY_ROW_UP_TO and math.isfinite(cut)
+        cut32 = float(np.float32(cut))
         for i, pred in enumerate(preds):
             p = calibrated[i]  # a fresh array per call: rows share nothing with another call's result
+            if one_row:
+                row = p.tolist()
+                members: Any = sorted((j for j, v in enumerate(row) if v >= cut32), key=row.__getitem__, reverse=True)
+            else:
+                members = np.flatnonzero(p >= cut) if math.isfinite(cut) else np.arange(len(labels))
+                members = members[np.argsort(-p[members], kind="stable")]  # most probable first, ties in label order
             pred.calibrated_probabilities = p
-            members = np.flatnonzero(p >= cut) if math.isfinite(cut) else np.arange(len(labels))
-            members = members[np.argsort(-p[members], kind="stable")]  # most probable first
             pred.prediction_set = [labels[j] for j in members]
             pred.set_size = len(members)
             if self.abstain_always:

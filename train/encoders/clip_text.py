@@ -25,7 +25,26 @@ from .hf import PretrainedOnly, load_backbone
 from .text import TextEncoder, check_positions
 
 
-class ClipTextEncoder(PretrainedOnly, TextEncoder):
+class ClipTextLayout:
+    """Where a CLIP-style text tower keeps its parts (CLIPTextModel and SiglipTextModel alike): token +
+    absolute position embeddings, ``encoder.layers``, ``final_layer_norm``. A mixin before TextEncoder."""
+
+    backbone: nn.Module
+
+    def layers(self) -> nn.ModuleList:
+        return self.backbone.encoder.layers
+
+    def final_norm(self) -> nn.Module | None:
+        return self.backbone.final_layer_norm
+
+    def embed(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        input_ids, attention_mask = self._require(inputs)  # type: ignore[attr-defined]
+        input_ids = input_ids.to(torch.long)
+        check_positions(input_ids.shape[1], self.backbone.config.max_position_embeddings, "input_ids")
+        return self.backbone.embeddings(input_ids=input_ids), attention_mask.to(torch.bool)
+
+
+class ClipTextEncoder(ClipTextLayout, PretrainedOnly, TextEncoder):
     display_name = "CLIP text"
     architecture = "clip-text"
     model_types = ("clip_text_model", "clip")
@@ -35,18 +54,6 @@ class ClipTextEncoder(PretrainedOnly, TextEncoder):
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,
                         modality_type: str = "text") -> "ClipTextEncoder":
         return cls(load_backbone("CLIPTextModel", source, local_files_only), build_config, modality_type)
-
-    def layers(self) -> nn.ModuleList:
-        return self.backbone.encoder.layers
-
-    def final_norm(self) -> nn.Module | None:
-        return self.backbone.final_layer_norm
-
-    def embed(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        input_ids, attention_mask = self._require(inputs)
-        input_ids = input_ids.to(torch.long)
-        check_positions(input_ids.shape[1], self.backbone.config.max_position_embeddings, "input_ids")
-        return self.backbone.embeddings(input_ids=input_ids), attention_mask.to(torch.bool)
 
     def attention_mask(self, keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: torch.dtype) -> Tensor:
         pos = torch.arange(keep.shape[1], device=keep.device)

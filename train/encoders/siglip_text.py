@@ -40,9 +40,10 @@ from torch import Tensor, nn
 
 from runtime.errors import ConfigError
 
+from .clip_text import ClipTextLayout
 from .clip_vision import CLIP_PROJECTIONS
 from .hf import PretrainedOnly, load_backbone
-from .text import TextEncoder, check_positions
+from .text import TextEncoder
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
@@ -55,7 +56,7 @@ def token_id(tokenizer_file: str, token: Any) -> int | None:
     return Tokenizer.from_file(tokenizer_file).token_to_id(content) if isinstance(content, str) else None
 
 
-class SiglipTextEncoder(PretrainedOnly, TextEncoder):
+class SiglipTextEncoder(ClipTextLayout, PretrainedOnly, TextEncoder):
     display_name = "SigLIP text"
     architecture = "siglip-text"
     model_types = ("siglip_text_model", "siglip")
@@ -74,18 +75,6 @@ class SiglipTextEncoder(PretrainedOnly, TextEncoder):
     def from_pretrained(cls, source: str, build_config: dict[str, Any], local_files_only: bool,
                         modality_type: str = "text") -> "SiglipTextEncoder":
         return cls(load_backbone(cls.hf_class, source, local_files_only), build_config, modality_type)
-
-    def layers(self) -> nn.ModuleList:
-        return self.backbone.encoder.layers
-
-    def final_norm(self) -> nn.Module | None:
-        return self.backbone.final_layer_norm
-
-    def embed(self, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        input_ids, attention_mask = self._require(inputs)
-        input_ids = input_ids.to(torch.long)
-        check_positions(input_ids.shape[1], self.backbone.config.max_position_embeddings, "input_ids")
-        return self.backbone.embeddings(input_ids=input_ids), attention_mask.to(torch.bool)
 
     def attention_mask(self, keep: Tensor, num_prefix: int, readonly_prefix: bool, dtype: torch.dtype) -> Tensor:
         # Every position is a key, pads included (see the module docstring); only prompts are masked.
