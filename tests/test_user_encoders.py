@@ -92,6 +92,27 @@ def test_train_run_with_user_encoders_only(tmp_path: Path, checkpoints: dict[str
         logits = model(batch)["logits"]
     assert logits.shape == (6, NUM_CLASSES) and torch.isfinite(logits).all()
 
+    # The run exports to a bundle like any other (fp32 + CPU INT8, fused), and the torch-free runtime,
+    # with the checkpoints' own preprocessing copied into the bundle, gives the run's probabilities.
+    from export.build import BuildConfig, build_bundle
+    from runtime import Runtime
+
+    bundle = build_bundle(BuildConfig(method="cmpt", precisions=("fp32", "int8"), out=tmp_path / "bundle",
+                                      progress=False, exporter="legacy", placeholders=False, val_samples=6,
+                                      calib_samples=6, allow_degraded=True),  # 1 epoch: near-tied logits
+                          model=model, dataset=data)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fused = {(g["pattern"], g["precision"]): g["fused_ops"] for g in manifest["graphs"]}
+    assert fused[("image+text", "fp32")].get("Attention") == 4  # 2 CLIP + 2 RoBERTa layers
+    assert fused[("image+text", "int8")].get("QAttention", 0) + fused[("image+text", "int8")].get("Attention", 0) == 4
+    assert (bundle / "preprocess" / "text" / "tokenizer.json").is_file()
+    expect = torch.softmax(logits, dim=-1).numpy()
+    from runtime.confidence import InsufficientCalibrationWarning
+
+    with pytest.warns(InsufficientCalibrationWarning), Runtime.load(bundle) as rt:  # 6 val rows < 9 for alpha 0.1
+        got = np.stack([p.probabilities for p in rt.predict_batch([s.inputs for s in data.split("test")])])
+    np.testing.assert_allclose(got, expect, atol=1e-4)
+
 
 def test_encoder_flag_errors(tmp_path: Path, checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture) -> None:
