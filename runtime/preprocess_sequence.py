@@ -47,15 +47,15 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as w:
             channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
             frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError) as exc:
-        raise PreprocessError("type", f"{path}: cannot read as a wav ({exc}); write 16-bit PCM wav "
+    except (wave.Error, EOFError) as exc:  # each message ends in "; <how to fix it>" (train.data.readers splits it)
+        raise PreprocessError("type", f"{path}: cannot read as a wav: {exc}; write 16-bit PCM wav "
                                       "(e.g. sox in.wav -b 16 out.wav)") from None
     if width != 2:
-        raise PreprocessError("dtype", f"{path}: {8 * width}-bit samples; only 16-bit PCM is read "
-                                       "(convert with e.g. sox in.wav -b 16 out.wav)")
+        raise PreprocessError("dtype", f"{path}: wav has {8 * width}-bit samples, only 16-bit PCM is read; "
+                                       "convert with e.g. `sox in.wav -b 16 out.wav`")
     if channels != 1:
-        raise PreprocessError("channels", f"{path}: {channels} channels; only mono is read "
-                                          "(downmix with e.g. sox in.wav out.wav remix -)")
+        raise PreprocessError("channels", f"{path}: wav has {channels} channels, only mono is read; "
+                                          "downmix with e.g. `sox in.wav out.wav remix -`")
     return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0, int(rate)
 
 

@@ -46,8 +46,9 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         return runtime_read_wav(path)
     except OSError as exc:
         raise ReadError(f"cannot read wav: {exc}", "write 16-bit PCM wav (e.g. sox in.wav -b 16 out.wav)") from None
-    except PreprocessError as exc:  # its message says how to convert the file
-        raise ReadError(str(exc).replace(f"{path}: ", "", 1)) from None
+    except PreprocessError as exc:  # "<path>: <what>; <how to fix it>"
+        message, _, fix = str(exc).replace(f"{path}: ", "", 1).rpartition("; ")
+        raise ReadError(message, fix) from None
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -149,8 +149,8 @@ def samples_spec_from_model(spec: dict[str, Any], source: str | Path, architectu
     out: dict[str, Any] = {"type": "audio", "input": "samples", "sample_rate": rate,
                            "normalize": "per-clip" if pre.get("do_normalize", True) else "none",
                            **{k: spec[k] for k in KEPT_SEQUENCE_KEYS if k in spec}}
-    if not view.waveform and spec.get("max_frames"):  # features (N, 1) and samples specs already count samples
-        return {**out, "max_frames": int(spec["max_frames"])}
+    if not view.waveform and view.max_length:  # features (N, 1) and samples specs already count samples
+        return {**out, "max_frames": view.max_length}
     raws = [r for r in train_raws if r is not None]
     return fit_preprocess(out, raws) if raws else out
 
