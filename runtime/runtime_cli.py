@@ -136,7 +136,12 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         print(f"  {name:<10} ({e.type}) -> {tensors}")
         seq = out["sequences"].get(name)
         if seq:
-            print(f"  {'':<10} sequence: at most {seq['max_frames']} frames; longer -> {seq['policy']}"
+            samples = e.type == "audio" and spec_of(e.preprocess).samples
+            if samples:
+                print(f"  {'':<10} waveform: {spec_of(e.preprocess).expected_raw()}, normalised "
+                      f"{e.preprocess.get('normalize', 'per-clip')}")
+            unit = "samples" if samples else "frames"
+            print(f"  {'':<10} sequence: at most {seq['max_frames']} {unit}; longer -> {seq['policy']}"
                   + ("" if seq["recorded"] else " (not recorded in this bundle: the default)"))
     print(f"outputs     {', '.join(o['name'] for o in out['outputs'])}")
     print(f"providers   available {out['providers_available']}")
