@@ -20,7 +20,8 @@ A new modality type (depth, lidar) is one preprocessor class plus one ``Preproce
 registered with ``@register``; ``runtime.preprocess.make_preprocessor`` dispatches through it.
 
 The placeholder: an all-zero picture, an all-zero clip or series of ``sequence_length`` frames, a
-blank text, one second of silence for a waveform. It is recorded in the bundle manifest
+blank text, one second of silence for a waveform (MFCC or samples input; for samples at most
+``max_frames`` of them, so that no policy cuts it). It is recorded in the bundle manifest
 (``placeholder_recipe``, JSON), fed to the benchmark's full-graph baseline, and fed by ``ume-mma``
 training through the same preprocessing. The raw value is *before* preprocessing: normalisation
 maps its zeros to -mean/std exactly as it maps a real sample.
@@ -36,7 +37,7 @@ import numpy as np
 from runtime.patterns import feed_name
 from runtime.preprocess_base import DEFAULT_SEQUENCE_POLICY, SEQUENCE_POLICIES, PreprocessError, as_numeric
 from runtime.preprocess_image import ImagePreprocessor
-from runtime.preprocess_sequence import SequencePreprocessor
+from runtime.preprocess_sequence import SampleRateError, SequencePreprocessor, mono, read_wav
 from runtime.preprocess_text import TextPreprocessor
 
 DEFAULT_MAX_FRAMES = 512  # an audio/timeseries spec without max_frames (fit_preprocess normally sets it)
@@ -101,6 +102,11 @@ class PreprocessSpec:
             raise PreprocessError("spec", f"{self.type} {POLICY_KEY} must be one of {list(self.policies)}, got "
                                           f"{policy!r}")
         return str(policy)
+
+    @property
+    def fits_stats(self) -> bool:
+        """Whether ``train.data.stats.fit_preprocess`` fits mean/std on the training split for this spec."""
+        return True
 
     def feed_names(self, modality: str) -> list[str]:
         return [feed_name(modality, n) for n, _ in self.outputs]
@@ -261,17 +267,50 @@ class TimeseriesSpec(FramesSpec):
 
 @register
 class AudioSpec(FramesSpec):
-    """Audio as precomputed (T, n_features) frames, or a 1-D waveform turned into MFCC frames."""
+    """Audio as precomputed (T, n_features) frames, a 1-D waveform turned into MFCC frames ("waveform"), or
+    the raw samples themselves, one per frame ("samples": Wav2Vec2/HuBERT read them)."""
 
     type = "audio"
     width_key = "n_features"
 
     @property
+    def input_kind(self) -> str:
+        return str(self.spec.get("input", "features"))
+
+    @property
     def waveform(self) -> bool:
-        return self.spec.get("input") == "waveform"
+        """A 1-D waveform turned into MFCC frames."""
+        return self.input_kind == "waveform"
+
+    @property
+    def samples(self) -> bool:
+        """A 1-D waveform whose samples are the frames (values (B, N, 1))."""
+        return self.input_kind == "samples"
+
+    @property
+    def takes_waveform(self) -> bool:
+        """The raw value is a 1-D waveform at ``sample_rate`` (MFCC or samples input)."""
+        return self.waveform or self.samples
+
+    @property
+    def sample_rate(self) -> int | None:
+        value = self.spec.get("sample_rate")
+        return int(value) if value else None
+
+    @property
+    def fits_stats(self) -> bool:
+        return not self.samples  # samples are normalised per clip (or not at all), never with fitted mean/std
+
+    @property
+    def sequence_length(self) -> int:
+        if self.samples:  # one second: max_frames counts samples here, and 512 of them are 32 ms at 16 kHz
+            return self.max_length or self.sample_rate or DEFAULT_MAX_FRAMES
+        return super().sequence_length
 
     @property
     def feature_width(self) -> int | None:
+        if self.samples:
+            return 1
         if not self.waveform:
             return super().feature_width
         value = self.spec.get("mfcc", {}).get("n_mfcc")
@@ -285,26 +324,53 @@ class AudioSpec(FramesSpec):
     def placeholder_recipe(self) -> dict[str, Any]:
         if self.waveform:  # one second of silence
             return {"kind": "zeros", "shape": [int(self.spec.get("sample_rate", 16000))], "dtype": "float32"}
+        if self.samples:  # one second of silence, or max_frames samples when shorter (never cut, whatever the policy)
+            second = self.sample_rate or 16000
+            return {"kind": "zeros", "shape": [min(second, self.max_length or second)], "dtype": "float32"}
         return super().placeholder_recipe()
 
     def synthetic_raw(self, seed: int = 0) -> Any:
-        if not self.waveform:
+        if not self.takes_waveform:
             return super().synthetic_raw(seed)
         rng = np.random.default_rng(seed)
-        return (0.1 * rng.standard_normal(self.samples_for(self.sequence_length))).astype(np.float32)
+        n = self.sequence_length if self.samples else self.samples_for(self.sequence_length)
+        return (0.1 * rng.standard_normal(n)).astype(np.float32)
 
     def expected_raw(self) -> str:
-        if self.waveform:
-            return f"a 1-D float waveform in [-1, 1] at {self.spec.get('sample_rate')} Hz"
+        if self.takes_waveform:
+            return f"a 1-D float waveform in [-1, 1] at {self.spec.get('sample_rate')} Hz (or a .wav at that rate)"
         return super().expected_raw()
 
+    def describe(self) -> str:
+        if not self.samples:
+            return super().describe()
+        limit = f"at most {self.max_length} samples" if self.max_length else "any length"
+        return (f"{self.expected_raw()}, {limit}; longer: {self.sequence_policy}; normalised "
+                f"{self.spec.get('normalize', 'per-clip')}")
+
     def check_raw(self, raw: Any, index: int | None = None, what: str | None = None) -> Any:
-        if not self.waveform:
+        if not self.takes_waveform:
             return super().check_raw(raw, index, what)
         arr = as_numeric(raw, index, what or "waveform", floats_only=True)
+        if self.samples:
+            return mono(arr, index)
         if arr.ndim != 1:
             raise PreprocessError("rank", f"waveform must be 1-D, got shape {arr.shape}", index)
         return arr
+
+    def check_rate(self, rate: int, what: str = "the clip") -> None:
+        """SampleRateError unless a clip recorded at ``rate`` Hz is what this spec reads (nothing is resampled)."""
+        if self.takes_waveform and self.sample_rate is not None and int(rate) != self.sample_rate:
+            raise SampleRateError(int(rate), self.sample_rate, what)
+
+    def read_file(self, path: Path) -> np.ndarray:
+        """A 16-bit PCM mono .wav as this spec's raw waveform; SampleRateError when its rate is not the spec's."""
+        if not self.takes_waveform:
+            raise PreprocessError("type", f"{path}: a .wav file gives a waveform, but this audio modality reads "
+                                          f"{self.input_kind} {self.expected_raw()}; save them as .npy")
+        wave, rate = read_wav(path)
+        self.check_rate(rate, str(path))
+        return wave
 
 
 # ---------------------------------------------------------------------- function forms

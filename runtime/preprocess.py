@@ -36,7 +36,7 @@ audio      {"type": "audio", "input": "features", "n_features": F, "max_frames"?
 timeseries {"type": "timeseries", "n_channels": C, "max_frames"?: T, "mean"?: [C],
             "std"?: [C], "pad"?: ...}
            raw: numeric (T, C).
-           audio and timeseries -> values float32 (B, T, F), mask int64 (B, T) (1 = real
+           audio and timeseries -> values float32 (B, T, F) (F = 1 for samples), mask int64 (B, T) (1 = real
            frame); padded frames are 0 (i.e. the mean, after normalisation). T is the
            longest clip in the batch (or max_frames with "pad": "max_frames"), clips
            longer than max_frames follow "sequence_policy"?: "truncate" (default: the first
@@ -62,7 +62,7 @@ from runtime.preprocess_sequence import SequencePreprocessor, dct2_ortho, mel_fi
 from runtime.preprocess_text import TextPreprocessor
 
 REASONS: tuple[str, ...] = ("spec", "missing", "type", "dtype", "rank", "shape", "channels", "non_finite", "empty",
-                            "length")
+                            "length", "sample_rate")
 # OUTPUTS: modality type -> (input name, dtype) of its preprocessor's outputs, one spec class per type
 # Spec keys that name files; a bundle copies them next to the manifest and stores relative paths.
 FILE_KEYS: tuple[str, ...] = ("tokenizer_file",)

@@ -1,4 +1,11 @@
-"""Audio and timeseries preprocessing: frames (or a waveform, through MFCC) -> values + mask.
+"""Audio and timeseries preprocessing: frames (or a waveform, through MFCC or as raw samples) -> values + mask.
+
+Raw samples (audio ``"input": "samples"``, what Wav2Vec2/HuBERT read): every sample is a frame,
+values (B, N, 1). ``"normalize": "per-clip"`` (the default) is the HF Wav2Vec2FeatureExtractor's
+``do_normalize``: (x - mean) / sqrt(var + 1e-7) over the clip's kept samples (population
+variance, after the sequence policy has cut it, as HF normalises after truncation); ``"none"``
+passes the samples through. No fitted mean/std apply. Nothing is ever resampled: a .wav at
+another rate than the spec's is a SampleRateError.
 
 A clip longer than ``max_frames`` follows the spec's ``sequence_policy`` (runtime.modality_spec):
 "truncate" keeps the first max_frames frames, "window" the last max_frames, "error" raises
@@ -12,11 +19,57 @@ from collections.abc import Sequence
 from typing import Any
 
 import threading
+import wave
+from pathlib import Path
 
 import numpy as np
 
 from runtime.preprocess_base import (DEFAULT_SEQUENCE_POLICY, SEQUENCE_POLICIES, PreprocessError, SequenceTooLongError,
                                      all_real_mask, as_numeric, need, norm_stats, pad_mode, pos_int)
+
+NORMALIZE_MODES: tuple[str, ...] = ("per-clip", "none")
+PER_CLIP_EPS = 1e-7  # transformers' Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
+
+
+class SampleRateError(PreprocessError):
+    """A clip recorded at another rate than the spec's (reason "sample_rate"); the runtime never resamples."""
+
+    def __init__(self, rate: int, expected: int, what: str = "the clip", index: int | None = None) -> None:
+        self.rate, self.expected = int(rate), int(expected)
+        super().__init__("sample_rate", f"{what} is sampled at {self.rate} Hz but the model reads {self.expected} Hz; "
+                                        f"nothing is resampled: resample it first (e.g. sox in.wav -r {self.expected} "
+                                        "out.wav)", index)
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """(float32 mono waveform in [-1, 1), sample rate) from a 16-bit PCM .wav (stdlib ``wave``)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as exc:  # each message ends in "; <how to fix it>" (train.data.readers splits it)
+        raise PreprocessError("type", f"{path}: cannot read as a wav: {exc}; write 16-bit PCM wav "
+                                      "(e.g. sox in.wav -b 16 out.wav)") from None
+    if width != 2:
+        raise PreprocessError("dtype", f"{path}: wav has {8 * width}-bit samples, only 16-bit PCM is read; "
+                                       "convert with e.g. `sox in.wav -b 16 out.wav`")
+    if channels != 1:
+        raise PreprocessError("channels", f"{path}: wav has {channels} channels, only mono is read; "
+                                          "downmix with e.g. `sox in.wav out.wav remix -`")
+    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0, int(rate)
+
+
+def mono(arr: np.ndarray, index: int | None = None) -> np.ndarray:
+    """A 1-D or (N, 1) waveform as 1-D; stereo / multi-channel arrays are refused (reason "channels")."""
+    if arr.ndim == 1:
+        return arr
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        return arr[:, 0]
+    if arr.ndim == 2:
+        raise PreprocessError("channels", f"waveform has shape {arr.shape}: {arr.shape[1]} channels; the model reads "
+                                          "one (mono): average the channels first, or pass (N,) / (N, 1)", index)
+    raise PreprocessError("rank", f"waveform must be 1-D (N,) or (N, 1), got shape {arr.shape}", index)
+
 
 # --------------------------------------------------------------------------- audio / timeseries
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
@@ -48,15 +101,18 @@ class SequencePreprocessor:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
         self.kind = spec["type"]
-        self.waveform = False
+        self.waveform = self.samples = False
         if self.kind == "timeseries":
             self.n_features = pos_int(spec, "n_channels")
         elif spec.get("input", "features") == "features":
             self.n_features = pos_int(spec, "n_features")
         elif spec["input"] == "waveform":
             self._init_mfcc(spec)
+        elif spec["input"] == "samples":
+            self._init_samples(spec)
         else:
-            raise PreprocessError("spec", f"audio input must be 'features' or 'waveform', got {spec['input']!r}")
+            raise PreprocessError("spec", f"audio input must be 'features', 'waveform' or 'samples', got "
+                                          f"{spec['input']!r}")
         mf = spec.get("max_frames")
         self.max_frames = None if mf is None else pos_int(spec, "max_frames")
         self.pad_fixed = pad_mode(spec, "max_frames")
@@ -66,7 +122,7 @@ class SequencePreprocessor:
         if self.policy not in SEQUENCE_POLICIES:
             raise PreprocessError("spec", f"sequence_policy must be one of {list(SEQUENCE_POLICIES)}, got "
                                           f"{self.policy!r}")
-        self.mean, self.std = norm_stats(spec, self.n_features)
+        self.mean, self.std = (None, None) if self.samples else norm_stats(spec, self.n_features)
         self._masks: dict[int, np.ndarray] = {}
         self.cuts = 0
         self._cut_lock = threading.Lock()
@@ -89,6 +145,29 @@ class SequencePreprocessor:
     def frames_of(self, n_samples: int) -> int:
         """MFCC frames a waveform of ``n_samples`` gives (a clip shorter than one window gives one)."""
         return 1 if n_samples < self.win else (n_samples - self.win) // self.hop + 1
+
+    def _init_samples(self, spec: dict[str, Any]) -> None:
+        self.samples = True
+        self.n_features = 1
+        self.sample_rate = pos_int(spec, "sample_rate")
+        self.normalize = spec.get("normalize", "per-clip")
+        if self.normalize not in NORMALIZE_MODES:
+            raise PreprocessError("spec", f"audio samples 'normalize' must be one of {list(NORMALIZE_MODES)}, got "
+                                          f"{self.normalize!r}")
+        if "mean" in spec or "std" in spec:
+            raise PreprocessError("spec", "an audio 'samples' spec takes no mean/std (it normalises each clip, or not "
+                                          "at all: 'normalize'); drop them")
+
+    def sample_values(self, raw: Any, index: int | None = None) -> np.ndarray:
+        """(n, 1) float32: the kept samples of one clip, normalised per clip when the spec says so."""
+        x = mono(as_numeric(raw, index, "waveform", floats_only=True), index)
+        if self.max_frames is not None and len(x) > self.max_frames:
+            start = self._cut(len(x), index)
+            x = x[start: start + self.max_frames]
+        if self.normalize == "per-clip":
+            x64 = x.astype(np.float64)
+            x = (x64 - x64.mean()) / np.sqrt(x64.var() + PER_CLIP_EPS)
+        return x.astype(np.float32)[:, None]
 
     def _init_mfcc(self, spec: dict[str, Any]) -> None:
         self.waveform = True
@@ -121,6 +200,9 @@ class SequencePreprocessor:
         return (logmel @ self.dct.T).astype(np.float32)
 
     def features(self, raw: Any, index: int | None = None) -> np.ndarray:
+        """One sample's frames before the fitted mean/std (samples input: already normalised per clip)."""
+        if self.samples:
+            return self.sample_values(raw, index)
         if self.waveform:
             arr = as_numeric(raw, index, "waveform", floats_only=True)
             if arr.ndim != 1:
@@ -146,10 +228,11 @@ class SequencePreprocessor:
         feats = [self.features(r, i) for i, r in enumerate(raws)]
         t = self.max_frames if self.pad_fixed else max(len(f) for f in feats)
         if len(feats) == 1 and len(feats[0]) == t:  # streaming batch 1, nothing to pad: no zero-fill + copy
-            return {"values": ((feats[0] - self.mean) / self.std)[None], "mask": all_real_mask(self._masks, t)}
+            one = feats[0] if self.mean is None else (feats[0] - self.mean) / self.std
+            return {"values": one[None], "mask": all_real_mask(self._masks, t)}
         values = np.zeros((len(feats), t, self.n_features), dtype=np.float32)
         mask = np.zeros((len(feats), t), dtype=np.int64)
         for i, f in enumerate(feats):
-            values[i, : len(f)] = (f - self.mean) / self.std
+            values[i, : len(f)] = f if self.mean is None else (f - self.mean) / self.std
             mask[i, : len(f)] = 1
         return {"values": values, "mask": mask}

@@ -5,7 +5,8 @@
 
 The per-modality flags (--image, --audio, --question/--text ...) come from the bundle's manifest:
 arrays as .npy (always), images also as .png/.jpg when Pillow is installed (not a runtime
-dependency), text inline or as @file.txt.
+dependency), waveform audio also as a 16-bit PCM mono .wav at the bundle's sample rate (stdlib
+``wave``; another rate is refused, never resampled), text inline or as @file.txt.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ class CLIInputError(MMEdgeError):
     """A file the CLI cannot read (the runtime itself never sees it)."""
 
 
-def read_raw(path_or_text: str, modality_type: str) -> Any:
-    """A CLI value as the runtime's raw input for a modality of ``modality_type``."""
+def read_raw(path_or_text: str, modality_type: str, spec: dict[str, Any] | None = None) -> Any:
+    """A CLI value as the runtime's raw input for a modality of ``modality_type`` (preprocess ``spec``: a .wav
+    for a waveform/samples audio spec, checked against its sample rate)."""
     if modality_type == "text":
         if path_or_text.startswith("@"):
             return Path(path_or_text[1:]).read_text().strip()
@@ -44,6 +46,8 @@ def read_raw(path_or_text: str, modality_type: str) -> Any:
             return np.load(path, allow_pickle=False)
         except ValueError as exc:  # not a .npy file, or an object array
             raise CLIInputError(f"cannot read {path} as a .npy array ({exc}); save it with np.save") from None
+    if suffix == ".wav" and modality_type == "audio" and spec is not None:
+        return spec_of(spec).read_file(path)
     if suffix in IMAGE_SUFFIXES and modality_type == "image":
         try:
             from PIL import Image
@@ -132,7 +136,12 @@ def info(bundle: Path, precision: str | None, providers: list[str] | None, as_js
         print(f"  {name:<10} ({e.type}) -> {tensors}")
         seq = out["sequences"].get(name)
         if seq:
-            print(f"  {'':<10} sequence: at most {seq['max_frames']} frames; longer -> {seq['policy']}"
+            samples = e.type == "audio" and spec_of(e.preprocess).samples
+            if samples:
+                print(f"  {'':<10} waveform: {spec_of(e.preprocess).expected_raw()}, normalised "
+                      f"{e.preprocess.get('normalize', 'per-clip')}")
+            unit = "samples" if samples else "frames"
+            print(f"  {'':<10} sequence: at most {seq['max_frames']} {unit}; longer -> {seq['policy']}"
                   + ("" if seq["recorded"] else " (not recorded in this bundle: the default)"))
     print(f"outputs     {', '.join(o['name'] for o in out['outputs'])}")
     print(f"providers   available {out['providers_available']}")
@@ -217,8 +226,9 @@ def _modality_parser(bundle: Path, manifest: Manifest, full: bool) -> argparse.A
     group = mp.add_argument_group("modalities of this bundle (omit a flag: that modality is missing)")
     for m, names in _flags(manifest).items():
         e = manifest.modalities[m]
+        takes_wav = e.type == "audio" and spec_of(e.preprocess).takes_waveform
         source = "text, or @file.txt" if e.type == "text" else (
-            ".npy" + (" or .png/.jpg (needs Pillow)" if e.type == "image" else ""))
+            ".npy" + (" or .png/.jpg (needs Pillow)" if e.type == "image" else " or .wav" if takes_wav else ""))
         group.add_argument(*names, dest=m, default=None, metavar="FILE" if e.type != "text" else "TEXT",
                            help=f"{e.type}: {source}; {spec_of(e.preprocess).describe()}".replace("%", "%%"))
     return mp
@@ -267,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = _flags(manifest)
         mp = _modality_parser(args.bundle, manifest, full=False)
         margs = mp.parse_args(rest)
-        raw = {m: read_raw(v, manifest.modalities[m].type) for m, v in vars(margs).items() if v is not None}
+        raw = {m: read_raw(v, manifest.modalities[m].type, manifest.modalities[m].preprocess)
+               for m, v in vars(margs).items() if v is not None}
         if not raw:
             mp.error(f"give at least one of {', '.join(f[0] for f in flags.values())}")
         predict(args.bundle, args.precision, providers, raw, args.top_k, args.json, args.trusted_keys, args.backend)

@@ -298,6 +298,18 @@ class Prompted(nn.Module):
                      for k, enc in self.encs.items())
 
 
+def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], names: list[str], outputs: list[str],
+                seq: dict[int, Any], path: Path) -> Path:
+    """``module(*example[names])`` as a dynamo ONNX graph, batch axis and the ``seq`` axes dynamic."""
+    from torch.export import Dim
+
+    dims = {n: {0: Dim("batch", min=1, max=64), **seq} for n in names}
+    torch.onnx.export(module, tuple(example[n] for n in names), str(path), dynamo=True, opset_version=18,
+                      external_data=False, input_names=names, output_names=outputs,
+                      dynamic_shapes={"args": tuple(dims[n] for n in names)})
+    return path
+
+
 @pytest.mark.parametrize("group", ["text", "image", "audio"])
 def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoints: dict[str, Path],
                                                           tmp_path: Path) -> None:
@@ -322,11 +334,7 @@ def test_export_with_lora_and_prompts_matches_onnxruntime(group: str, checkpoint
     example = make_inputs(cases[0], batch=2, length=6)
     names = list(model.input_names)
     seq = {"text": {1: Dim("seq", min=2, max=16)}, "audio": {1: Dim("samples", min=32, max=4096)}}.get(group, {})
-    dims = {n: {0: Dim("batch", min=1, max=64), **seq} for n in names}
-    path = tmp_path / "enc.onnx"
-    torch.onnx.export(twin.module, tuple(example[n] for n in names), str(path), dynamo=True, opset_version=18,
-                      external_data=False, input_names=names, output_names=list(encoders),
-                      dynamic_shapes={"args": tuple(dims[n] for n in names)})
+    path = export_onnx(twin.module, example, names, list(encoders), seq, tmp_path / "enc.onnx")
     session = create_session(path, session_options(threads=1))
     every_pad_read = {c.model_type.replace("-", "_") for c in cases if attends_pads(c)}
     for batch, length in [(1, 4), (5, 9)] + ([(2, SIGLIP_LEN)] if text else []):

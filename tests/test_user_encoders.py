@@ -169,8 +169,15 @@ def test_image_spec_variants_and_waveform_refusal(tmp_path: Path) -> None:
     enc = Wav2Vec2Encoder(Wav2Vec2Model(Wav2Vec2Config(**TINY, conv_dim=(8,), conv_stride=(4,), conv_kernel=(8,),
                                                        num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)),
                           {})
-    mfcc = {"type": "audio", "input": "waveform", "sample_rate": 16000, "mfcc": {"n_mfcc": 13}}
-    with pytest.raises(ValueError, match=r"\(N, 1\) .npy of samples at 16000 Hz"):
-        spec_from_model(mfcc, "audio", tmp_path, enc)
+    samples = {"type": "audio", "input": "samples", "sample_rate": 16000, "normalize": "per-clip"}
+    tmp_path = tmp_path / "audio"  # no preprocessor_config.json (the image one above says do_normalize False)
+    tmp_path.mkdir()
+    # no preprocessor_config.json sampling_rate: 16 kHz; a .wav (MFCC) modality at that rate becomes raw samples
+    mfcc = {"type": "audio", "input": "waveform", "sample_rate": 16000, "mfcc": {"n_mfcc": 13}, "max_frames": 98}
+    assert spec_from_model(mfcc, "audio", tmp_path, enc) == samples  # MFCC frames are no sample count
+    with pytest.raises(ValueError, match="reads 16000 Hz audio.*clips are 8000 Hz"):
+        spec_from_model({**mfcc, "sample_rate": 8000}, "audio", tmp_path, enc)
+    with pytest.raises(ValueError, match="13 features per frame"):
+        spec_from_model({"type": "audio", "input": "features", "n_features": 13}, "audio", tmp_path, enc)
     raw = {"type": "audio", "input": "features", "n_features": 1, "max_frames": 16000}
-    assert spec_from_model(raw, "audio", tmp_path, enc) == raw
+    assert spec_from_model(raw, "audio", tmp_path, enc) == {**samples, "max_frames": 16000}

@@ -1,12 +1,13 @@
 """Reading one user-format file into the raw value a sensor would deliver (train side: PIL, wave)."""
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import MMEdgeError
+from runtime.preprocess_base import PreprocessError
+from runtime.preprocess_sequence import read_wav as runtime_read_wav
 
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "image": (".png", ".jpg", ".jpeg", ".npy"),
@@ -39,20 +40,15 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """(float32 mono waveform in [-1, 1), sample rate) from a 16-bit PCM wav."""
+    """(float32 mono waveform in [-1, 1), sample rate) from a 16-bit PCM wav: the runtime's reader, so a
+    clip reads the same in training and in ``mmedge runtime predict``."""
     try:
-        with wave.open(str(path), "rb") as w:
-            channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
-            frames = w.readframes(w.getnframes())
-    except (wave.Error, EOFError, OSError) as exc:
+        return runtime_read_wav(path)
+    except OSError as exc:
         raise ReadError(f"cannot read wav: {exc}", "write 16-bit PCM wav (e.g. sox in.wav -b 16 out.wav)") from None
-    if width != 2:
-        raise ReadError(f"wav has {8 * width}-bit samples; only 16-bit PCM is supported",
-                        "convert with e.g. `sox in.wav -b 16 out.wav`")
-    if channels != 1:
-        raise ReadError(f"wav has {channels} channels; only mono is supported",
-                        "downmix with e.g. `sox in.wav out.wav remix -`")
-    return (np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0), rate
+    except PreprocessError as exc:  # "<path>: <what>; <how to fix it>"
+        message, _, fix = str(exc).replace(f"{path}: ", "", 1).rpartition("; ")
+        raise ReadError(message, fix) from None
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.modality_spec import spec_of
 from runtime.preprocess import make_preprocessor
 from train.data.types import ModalitySpec, Sample
 
@@ -41,6 +42,10 @@ def fit_preprocess(spec: dict[str, Any], raws: Sequence[Any]) -> dict[str, Any]:
             out["max_length"] = choose_length([len(probe.features(t, i)) for i, t in enumerate(present)], TEXT_LENGTH_CAP)
         return out
     pre = make_preprocessor(out)
+    if not spec_of(out).fits_stats:  # e.g. audio samples, normalised per clip: only the length is fitted
+        if "max_frames" not in out:
+            out["max_frames"] = choose_length([len(pre.features(raw, i)) for i, raw in enumerate(present)])
+        return out
     if kind == "image":
         total, sq, count = 0.0, 0.0, 0
         for i, raw in enumerate(present):  # one image at a time: no (N, C, H, W) float copy of the set

@@ -9,6 +9,7 @@ dataset.json::
         "camera":  {"type": "image", "size": [H, W], "channels": 1 | 3, "scale": 1/255},
         "caption": {"type": "text", "max_length": 32, "tokenizer_file": "tok.json"},
         "mic":     {"type": "audio", "sample_rate": 16000, "mfcc": {"n_mfcc": 13, ...}},
+        "voice":   {"type": "audio", "input": "samples"},      # raw samples (Wav2Vec2/HuBERT)
         "imu":     {"type": "timeseries"}},
      "split": {"val": 0.15, "test": 0.15, "seed": 0}}   # for lines without "split"
 
@@ -16,8 +17,12 @@ Every modality key except "type" is optional; see ``runtime.preprocess`` for wha
 means. Defaults: image size = the most common training size, channels = 3 if any
 training image has colour else 1; text = the MiniLM tokenizer, max_length = longest
 training text (cap 512); audio = waveform MFCCs (13 coefficients, 25 ms windows, 10 ms
-hop, 40 mels) for .wav files or precomputed features for .npy files; timeseries channels =
-the most common in training. mean/std and max_frames are always fitted on the train split.
+hop, 40 mels) for .wav files or precomputed features for .npy files; with "input": "samples"
+the raw waveform itself, from .wav (its rate fixes "sample_rate") or 1-D / (N, 1) .npy (declare
+"sample_rate"), normalised per clip; ``--encoder MODALITY=DIR`` with a Wav2Vec2/HuBERT checkpoint
+turns a .wav modality into that spec by itself (train.encoders.model_spec). timeseries channels =
+the most common in training. mean/std (not for samples) and max_frames are always fitted on the
+train split.
 
 samples.jsonl, one JSON object per line (blank lines are ignored)::
 
@@ -30,7 +35,8 @@ samples.jsonl, one JSON object per line (blank lines are ignored)::
 - "split": optional, one of train/val/test; other lines are split (stratified by label)
   with the fractions and seed of dataset.json.
 - Per declared modality: a path relative to the dataset folder (image: .png/.jpg/.jpeg/.npy;
-  audio: .wav (16-bit PCM, mono) or .npy features (T, F); timeseries: .npy (T, C)), or
+  audio: .wav (16-bit PCM, mono) or .npy features (T, F) / samples (N,) or (N, 1); a .wav at
+  another rate than the modality's is refused, never resampled; timeseries: .npy (T, C)), or
   the text itself for text modalities. null or an absent key means the modality is missing.
   Every sample needs at least one modality.
 
@@ -307,15 +313,22 @@ class _Reader:
             return
         suffix = with_file[0].kinds[name]
         spec.setdefault("input", "waveform" if suffix == ".wav" else "features")
-        want = ".wav" if spec["input"] == "waveform" else ".npy"
-        if spec["input"] == "waveform":
-            spec.setdefault("sample_rate", with_file[0].rates.get(name))
+        wants = {"waveform": (".wav",), "samples": (".wav", ".npy")}.get(spec["input"], (".npy",))
+        if spec["input"] in ("waveform", "samples"):
+            first_wav = next((r for r in with_file if r.kinds[name] == ".wav"), None)
+            if first_wav is not None:
+                spec.setdefault("sample_rate", first_wav.rates[name])
+            elif "sample_rate" not in spec:
+                raise self.config_error(name, f"modality {name!r} reads raw samples from .npy files, whose sample rate "
+                                        "is unknown", 'declare "sample_rate" (Hz) in dataset.json', "input")
         for r in list(with_file):
-            if r.kinds[name] != want:
-                self.fail(r.line, f"{name} is a {r.kinds[name]} file but this modality reads {want} ({spec['input']})",
-                          f"use {want} files for every {name!r} sample, or set \"input\" in dataset.json")
-            elif want == ".wav" and r.rates[name] != spec["sample_rate"]:
-                self.fail(r.line, f"{name} wav is {r.rates[name]} Hz but the modality uses {spec['sample_rate']} Hz",
+            if r.kinds[name] not in wants:
+                self.fail(r.line, f"{name} is a {r.kinds[name]} file but this modality reads {' or '.join(wants)} "
+                          f"({spec['input']})", f"use {' or '.join(wants)} files for every {name!r} sample, or set "
+                          "\"input\" in dataset.json")
+            elif r.kinds[name] == ".wav" and r.rates[name] != spec["sample_rate"]:
+                self.fail(r.line, f"{name} wav is {r.rates[name]} Hz but the modality uses {spec['sample_rate']} Hz "
+                          "(nothing is resampled)",
                           f"resample it (e.g. sox in.wav -r {spec['sample_rate']} out.wav) or change \"sample_rate\"")
             else:
                 continue
@@ -325,7 +338,7 @@ class _Reader:
             win = round(0.025 * sr)
             spec["mfcc"] = {"n_mfcc": 13, "n_fft": 1 << (win - 1).bit_length(), "win_length": win,
                             "hop_length": round(0.010 * sr), "n_mels": 40, **spec.get("mfcc", {})}
-        elif raws:
+        elif raws and spec["input"] != "samples":
             self._alias(name, spec, "features", "n_features")
             spec.setdefault("n_features", self._first_width(name, [r for r in rows if name in r.inputs]))
 

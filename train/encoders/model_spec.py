@@ -16,6 +16,13 @@ runtime.preprocess spec is rewritten from what SOURCE ships:
   tokenizer is refused (save one: ``AutoTokenizer.from_pretrained(ID).save_pretrained(DIR)``).
   An adapter with a ``text_spec(spec, source)`` method then rewrites the result for its family
   (SigLIP: pad to the fixed trained length with its own pad id, see ``siglip_text``).
+- audio read as raw samples (Wav2Vec2/HuBERT, ``samples_spec_from_model``): the spec becomes
+  ``{"input": "samples", "sample_rate", "normalize"}`` from ``preprocessor_config.json``
+  (``sampling_rate``, ``do_normalize``; without the file 16 kHz and per-clip, the feature
+  extractor's defaults). A .wav modality (MFCC spec) at that rate, an (N, 1) features spec or a
+  samples spec are rewritten; another rate or wider features are refused (nothing is resampled).
+  ``max_frames`` (in samples) is refitted on the training clips unless the spec already counts samples.
+  Other adapters with a ``spec_from_model(spec, source, train_raws)`` method rewrite their own.
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from typing import Any
 from runtime.errors import ConfigError
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+DEFAULT_SAMPLING_RATE = 16000  # Wav2Vec2FeatureExtractor's default, and every released Wav2Vec2/HuBERT's rate
+KEPT_SEQUENCE_KEYS = ("sequence_policy", "pad")
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -113,7 +122,37 @@ def spec_from_model(spec: dict[str, Any], modality_type: str, source: str | Path
         family = getattr(encoder, "text_spec", None)  # a family's own padding (SigLIP: fixed length, its pad id)
         return family(out, str(source)) if callable(family) else out
     from_model = getattr(encoder, "spec_from_model", None)
-    return from_model(spec, source) if callable(from_model) else dict(spec)
+    return from_model(spec, source, list(train_raws)) if callable(from_model) else dict(spec)
+
+
+def samples_spec_from_model(spec: dict[str, Any], source: str | Path, architecture: str,
+                            train_raws: Sequence[Any] = ()) -> dict[str, Any]:
+    """The raw-samples audio spec of a checkpoint that reads the waveform (see the module docstring)."""
+    from runtime.modality_spec import spec_of
+    from train.data.stats import fit_preprocess
+
+    path = model_file(source, PREPROCESSOR_FILE)
+    pre = json.loads(path.read_text()) if path is not None else {}
+    rate = int(pre.get("sampling_rate", DEFAULT_SAMPLING_RATE))
+    view = spec_of({**spec, "type": "audio"})
+    declare = ('declare the modality as {"type": "audio", "input": "samples"} with .wav files (or 1-D / (N, 1) '
+               f'.npy samples) at {rate} Hz')
+    if view.input_kind == "features" and view.feature_width not in (None, 1):
+        raise ConfigError(f"{source} ({architecture}) reads the raw waveform, but this audio modality holds "
+                          f"{view.feature_width} features per frame; {declare}")
+    if view.input_kind not in ("features", "waveform", "samples"):
+        raise ConfigError(f"{source} ({architecture}): unknown audio input {view.input_kind!r}; {declare}")
+    if view.takes_waveform and view.sample_rate not in (None, rate):
+        raise ConfigError(f"{source} ({architecture}) reads {rate} Hz audio (its {PREPROCESSOR_FILE} "
+                          f"sampling_rate), but this modality's clips are {view.sample_rate} Hz; nothing is "
+                          f"resampled: resample the .wav files to {rate} Hz (e.g. sox in.wav -r {rate} out.wav)")
+    out: dict[str, Any] = {"type": "audio", "input": "samples", "sample_rate": rate,
+                           "normalize": "per-clip" if pre.get("do_normalize", True) else "none",
+                           **{k: spec[k] for k in KEPT_SEQUENCE_KEYS if k in spec}}
+    if not view.waveform and view.max_length:  # features (N, 1) and samples specs already count samples
+        return {**out, "max_frames": view.max_length}
+    raws = [r for r in train_raws if r is not None]
+    return fit_preprocess(out, raws) if raws else out
 
 
 def encoder_spec(spec: Any, source: str | Path, encoder: Any, train_raws: Sequence[Any] = ()) -> Any:

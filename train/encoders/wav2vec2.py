@@ -1,11 +1,12 @@
 """Wav2Vec2 and HuBERT audio encoders over the raw waveform (Wav2Vec2Model / HubertModel).
 
-Input: the runtime's audio ``values`` (B, N, 1) and ``mask`` (B, N), i.e. an audio spec
-``{"input": "features", "n_features": 1}`` whose "frames" are the samples at the checkpoint's
-``sampling_rate`` (a user stores each clip as an (N, 1) .npy; the runtime has no raw-waveform
-input, and its waveform input computes MFCCs, which these models cannot read). The spec's
-fitted mean/std normalise the samples globally, where the HF feature extractor normalises
-each clip (``do_normalize``); both give roughly zero-mean, unit-variance input.
+Input: the runtime's audio ``values`` (B, N, 1) and ``mask`` (B, N) of the raw-samples spec
+``{"type": "audio", "input": "samples", "sample_rate": SR, "normalize": "per-clip" | "none"}``
+(runtime.preprocess), which ``spec_from_model`` writes from the checkpoint's
+``preprocessor_config.json`` (``sampling_rate``, ``do_normalize``): the HF feature extractor's
+per-clip normalisation, so a user's .wav files go in as they are. Runs saved with the older
+``{"input": "features", "n_features": 1}`` spec (samples as (N, 1) frames, fitted global mean/std)
+feed the same (B, N, 1) values and still load.
 
 embed: conv feature encoder -> feature projection -> padded frames zeroed -> + convolutional
 position embedding -> (post-LN variants) encoder ``layer_norm``; frame mask from the conv
@@ -26,10 +27,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from runtime.errors import ConfigError
-from runtime.modality_spec import spec_of
 from .base import ModalityEncoder
 from .hf import PretrainedOnly, load_backbone
+from .model_spec import samples_spec_from_model
 
 
 class Wav2Vec2Encoder(PretrainedOnly, ModalityEncoder):
@@ -68,7 +68,7 @@ class Wav2Vec2Encoder(PretrainedOnly, ModalityEncoder):
         values, mask = self._require(inputs)
         if values.dim() != 3 or values.shape[-1] != 1:
             raise ValueError(f"{self.architecture} reads the raw waveform as values (B, N, 1); got "
-                             f"{tuple(values.shape)} (an audio spec with input 'features' and n_features 1)")
+                             f"{tuple(values.shape)} (an audio spec with input 'samples')")
         real = mask.to(torch.bool)
         weight = self.backbone.feature_extractor.conv_layers[0].conv.weight
         wave = torch.where(real, values[..., 0].to(weight.dtype), 0.0)
@@ -89,14 +89,7 @@ class Wav2Vec2Encoder(PretrainedOnly, ModalityEncoder):
         pooled = (frames * real).sum(dim=1) / real.sum(dim=1).clamp(min=1.0)
         return torch.cat([hidden[:, :num_prefix], pooled[:, None], frames], dim=1)
 
-    def spec_from_model(self, spec: dict[str, Any], source: Any) -> dict[str, Any]:
-        """The raw-sample audio spec this encoder reads; a spec of MFCCs or wider features is refused."""
-        audio = spec_of(spec)
-        if audio.waveform or audio.feature_width != 1:
-            rate = getattr(self.backbone.config, "sampling_rate", 16000)
-            raise ConfigError(
-                f"{source} ({self.architecture}) reads the raw waveform, but this audio modality's spec is "
-                f"{ {k: spec[k] for k in ('input', 'n_features', 'mfcc') if k in spec} }; store each clip as an (N, 1) "
-                f".npy of samples at {rate} Hz and declare the modality as "
-                '{"type": "audio", "input": "features", "n_features": 1}')
-        return dict(spec)
+    def spec_from_model(self, spec: dict[str, Any], source: Any, train_raws: list[Any] | None = None) -> dict[str, Any]:
+        """The raw-samples audio spec this encoder reads (train.encoders.model_spec.samples_spec_from_model):
+        MFCC specs at the checkpoint's rate and (N, 1) features become it; other rates or wider features are refused."""
+        return samples_spec_from_model(spec, source, self.architecture, train_raws or ())
