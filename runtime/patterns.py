@@ -10,7 +10,7 @@ Pure Python on purpose: it is imported by the torch-free runtime.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 
 SEPARATOR = "+"
@@ -97,3 +97,24 @@ def seq_axis(modality: str) -> str:
 def seq_axis_modality(axis: str) -> str | None:
     """The modality of a ``"<modality>_seq"`` axis name, or None for any other axis (e.g. "batch")."""
     return axis[: -len(SEQ_AXIS_SUFFIX)] if axis.endswith(SEQ_AXIS_SUFFIX) and len(axis) > len(SEQ_AXIS_SUFFIX) else None
+
+
+def fallback_table(exported: Iterable[str], modalities: Iterable[str], order: Sequence[str] | None = None
+                   ) -> dict[frozenset[str], tuple[str, tuple[str, ...]]]:
+    """For every present set the ``exported`` pattern keys lack: (the sub-pattern to run, the present
+    modalities it ignores). Best = drops the fewest present modalities; ties: the sub-pattern that keeps
+    the modality first in ``order`` (then the modalities sorted by name), then the next one, and so on.
+    A present set with no exported sub-pattern has no entry."""
+    names = sorted(modalities)
+    rank: dict[str, int] = {}
+    for m in [*(order or []), *names]:
+        rank.setdefault(m, len(rank))
+    have = [Pattern.from_key(k) for k in exported]
+    table: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
+    for size in range(1, len(names) + 1):
+        for present in (frozenset(c) for c in combinations(names, size)):
+            subs = [p for p in have if p < present]
+            if present not in have and subs:
+                best = min(subs, key=lambda p: (-len(p), sorted(rank.get(m, len(rank)) for m in p)))
+                table[present] = (best.key, tuple(sorted(present - best)))
+    return table

@@ -26,7 +26,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from itertools import combinations as _combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +37,7 @@ from runtime.graph_state import PatternGraph, cast_feed, packer_for, warmup_inpu
 from runtime.inputs import check_batch, check_feed, check_top_k, from_preprocess_error, from_unexpected, safe_repr
 from runtime.manifest import GraphEntry, Manifest, load_manifest
 from runtime.modality_spec import spec_of
-from runtime.patterns import Pattern
+from runtime.patterns import Pattern, fallback_table
 from runtime.prediction import Prediction
 from runtime.preprocess import PreprocessError, Preprocessor, make_preprocessor
 from runtime.runners import GraphSource, Runner, RunnerBackend, RunnerOptions, get_runner
@@ -80,21 +79,7 @@ class Runtime:
         comes first in ``order`` (default: the bundle's modalities sorted by name), then the next one, and
         so on. ``Prediction.pattern`` names the graph that ran, ``Prediction.ignored`` what it left out.
         """
-        rank: dict[str, int] = {}
-        for m in [*(order or []), *sorted(self.manifest.modalities)]:
-            rank.setdefault(m, len(rank))
-        exported = [Pattern.from_key(k) for k in self._graphs]
-        names = sorted(self.manifest.modalities)
-        table: dict[frozenset[str], tuple[str, tuple[str, ...]]] = {}
-        for size in range(1, len(names) + 1):
-            for present in (frozenset(c) for c in _combinations(names, size)):
-                if present in self._by_set:
-                    continue
-                subs = [p for p in exported if p < present]
-                if subs:
-                    best = min(subs, key=lambda p: (-len(p), sorted(rank.get(m, len(rank)) for m in p)))
-                    table[present] = (best.key, tuple(sorted(present - best)))
-        self._fallback = table
+        self._fallback = fallback_table(list(self._graphs), list(self.manifest.modalities), order)
 
     # ------------------------------------------------------------------ loading
     @classmethod

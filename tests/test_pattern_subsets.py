@@ -79,3 +79,16 @@ def test_fallback_runs_the_best_sub_pattern_and_says_what_it_ignored(image_only_
     rt3 = Runtime.load(image_only_bundle, intra_op_threads=1, fallback=True)
     with pytest.raises(PatternNotAvailable):
         rt3.predict({"image": None, "audio": s["audio"]})
+
+
+def test_fallback_table_by_hand() -> None:
+    from runtime.patterns import fallback_table
+
+    exported = ["a", "b", "a+c"]
+    table = fallback_table(exported, ["c", "b", "a"])
+    assert table == {
+        frozenset("ab"): ("a", ("b",)),  # two single-modality subs: the tie keeps "a" (name order)
+        frozenset("bc"): ("b", ("c",)),
+        frozenset("abc"): ("a+c", ("b",)),  # drops one modality, not two
+    }  # {c} has no exported sub-pattern; a, b, a+c are exported themselves
+    assert fallback_table(exported, "abc", order=["b"])[frozenset("ab")] == ("b", ("a",))
