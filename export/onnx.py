@@ -33,6 +33,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from export.errors import BuildError
 from runtime.manifest import TensorSpec
 from runtime.modality_spec import SPEC_TYPES, placeholder_raw, spec_of
 from runtime.patterns import BATCH_AXIS, all_patterns, feed_modality, feed_name, seq_axis
@@ -131,8 +132,13 @@ def export_pattern(module: nn.Module, example_inputs: Sequence[Tensor], path: st
             axes = {n: {0: BATCH_AXIS, **({1: seq_axis(m)} if m in seq_max and a.dim() >= 2 else {})}
                     for n, m, a in zip(names, mods, args)}
             axes.update({o: {0: BATCH_AXIS} for o in outputs})
-            with torch.no_grad():
-                torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=axes, **kw)
+            try:
+                with torch.no_grad():
+                    torch.onnx.export(module, args, str(path), dynamo=False, dynamic_axes=axes, **kw)
+            except Exception as exc:  # noqa: BLE001 - TorchScript tracing refuses some ops with dynamic shapes
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BuildError(f"the legacy (TorchScript) exporter cannot export {type(module).__name__}: {first}. "
+                                 "Fix: use the default exporter (--exporter dynamo)") from exc
         else:
             raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
     seconds = time.perf_counter() - started

