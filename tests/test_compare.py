@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 # Imported before any test patches train.data.registry.load_dataset: train.recipes.unimodal binds
@@ -101,7 +102,7 @@ def test_curve_auc_is_the_mean_over_the_swept_range() -> None:
     assert curve_auc([0, 100], [0.5, 0.5]) == pytest.approx(0.5)
 
 
-def test_unimodal_heads_refused_on_coarse_pretrained_encoders(tmp_path: Path) -> None:
+def test_coarse_pretrained_encoders_need_the_label_probe_for_heads(tmp_path: Path) -> None:
     from train.recipes.method import load_unimodal
 
     save_unimodal(tmp_path / "unimodal")
@@ -110,7 +111,8 @@ def test_unimodal_heads_refused_on_coarse_pretrained_encoders(tmp_path: Path) ->
         (tmp_path / "unimodal" / m / "modality.json").write_text(json.dumps({**meta, "pretrain_task": "coarse-parity"}))
     data = make_dataset(2)
     assert load_unimodal(data, tmp_path / "unimodal").pretrain_task == "coarse-parity"  # no heads: fine
-    with pytest.raises(ValueError, match="uses_unimodal_heads"):
+    # The coarse task's head predicts parity: the methods with heads need the label probe, which is missing here.
+    with pytest.raises(FileNotFoundError, match="label_head.safetensors.*adds the label probe"):
         load_unimodal(data, tmp_path / "unimodal", heads=True)
 
 
@@ -229,7 +231,50 @@ def test_coarse_pretraining_on_av_digits_is_recorded_down_to_the_method_run(tmp_
         assert metrics["pretrain_task"] == "coarse-parity" and metrics["labels"] == ["even", "odd"]
         assert json.loads((udir / m / "modality.json").read_text())["pretrain_task"] == "coarse-parity"
         assert load_file(str(udir / m / "head.safetensors"))["weight"].shape[0] == 2  # two coarse classes
+        # ... and the linear probe on the ten digits over the frozen encoder, for the methods with heads
+        assert load_file(str(udir / m / "label_head.safetensors"))["weight"].shape[0] == 10
+        probe = metrics["label_probe"]
+        assert probe["num_samples"]["train"] == metrics["num_samples"]["train"] and 0 <= probe["test"]["accuracy"] <= 1
     run = train_method(TrainConfig(method="late-fusion", dataset="av-digits", out=tmp_path / "run", unimodal_dir=udir,
                                    epochs=1, warmup_epochs=0, batch_size=16, limit=40, progress=False))
     assert run["unimodal_pretrain_task"] == "coarse-parity"
     assert len(json.loads((tmp_path / "run" / "config.json").read_text())["dataset"]["labels"]) == 10
+    # A method that starts from the unimodal heads now trains on coarse encoders, from the probes.
+    pv = train_method(TrainConfig(method="prompt-vicreg", dataset="av-digits", out=tmp_path / "pv", unimodal_dir=udir,
+                                  epochs=1, warmup_epochs=0, batch_size=16, limit=40, progress=False))
+    assert pv["unimodal_pretrain_task"] == "coarse-parity" and set(pv["test_by_pattern"]) == {FULL, *MISSING}
+
+
+def test_label_probe_reads_the_labels_off_frozen_features_and_keeps_the_best_step(tmp_path: Path) -> None:
+    """Features whose first coordinate is the label: the probe separates them perfectly; the encoder is unchanged."""
+    import torch
+    from safetensors.torch import load_file
+
+    from train.data.types import ModalitySpec, Sample
+    from train.recipes.label_probe import PROBE_FILE, fit_label_probe
+
+    class Identity(torch.nn.Module):  # "encoder": its CLS is the raw (1, F) series row, untouched
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, inputs: dict) -> torch.Tensor:
+            return inputs["values"] * self.w
+
+    spec = ModalitySpec("ts", "timeseries", {"type": "timeseries", "n_channels": 2, "max_frames": 1})
+    rng = np.random.default_rng(0)
+
+    def rows(n: int, offset: int) -> list:
+        out = []
+        for i in range(n):
+            y = i % 3
+            out.append(Sample(f"s{offset + i}", {"ts": np.array([[3.0 * y, rng.normal()]], np.float32)}, y))
+        return out
+
+    enc = Identity()
+    result = fit_label_probe(enc, spec, {"train": rows(30, 0), "val": rows(9, 100), "test": rows(9, 200)},
+                             "single-label", 3, tmp_path, seed=0, steps=200, every=20)
+    assert result["val"]["accuracy"] == 1.0 and result["test"]["accuracy"] == 1.0
+    assert 20 <= result["best_step"] <= 200 and result["best_step"] % 20 == 0
+    assert enc.w.item() == 1.0  # frozen: the probe never updates the encoder
+    assert load_file(str(tmp_path / PROBE_FILE))["weight"].shape == (3, 2)

@@ -114,9 +114,14 @@ def ensure_unimodal(cfg: AblationConfig, data: MultimodalDataset, udir: Path, ep
     from train.runs import read_metrics as read_unimodal
 
     out: dict[str, Any] = {}
+    from train.recipes.label_probe import PROBE_FILE
+
     for m in data.modality_names:
-        if not (udir / m / "encoder" / "config.json").is_file():
-            print(f"[ablation] no {m!r} encoder in {udir}: pretraining it ({epochs} epochs, limit {limit})", flush=True)
+        no_probe = cfg.pretrain_task != "labels" and not (udir / m / PROBE_FILE).is_file()
+        if not (udir / m / "encoder" / "config.json").is_file() or no_probe:
+            # A finished run without its label probe resumes from its last checkpoint: only the probe is new.
+            print(f"[ablation] no {m!r} encoder{' label probe' if no_probe else ''} in {udir}: pretraining it "
+                  f"({epochs} epochs, limit {limit})", flush=True)
             pretrain_unimodal(UnimodalConfig(dataset=cfg.dataset, modality=m, out=udir / m, epochs=epochs,
                                              seed=cfg.data_seed, limit=limit, data_dir=cfg.data_dir,
                                              runs_dir=cfg.runs_dir, progress=cfg.progress,
@@ -125,7 +130,8 @@ def ensure_unimodal(cfg: AblationConfig, data: MultimodalDataset, udir: Path, ep
         if metrics_path.is_file():
             um = read_unimodal(udir / m)
             out[m] = {k: um.get(k) for k in ("test", "num_samples", "epochs", "train_wall_time_s",
-                                             "encoder_parameters", "pretrained_from", "pretrain_task", "labels")}
+                                             "encoder_parameters", "pretrained_from", "pretrain_task", "labels",
+                                             "label_probe")}
             out[m]["limit"] = um.get("config", {}).get("limit")
     return out
 

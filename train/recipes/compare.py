@@ -244,8 +244,10 @@ def extra_sections(cfg: CompareConfig, data: MultimodalDataset, runs: list[dict[
     missing = [p.key for p in all_patterns(modalities) if p.key != full]
     cdata, fractions = claims_input(runs, metric)
     same_labels = cfg.pretrain_task == "labels"
-    uni = ({m: u["test"][metric] for m, u in unimodal.items() if u.get("test") and metric in u["test"]}
-           if same_labels else None)
+    # The unimodal ceiling: the encoder's own head (same labels), or its label probe (coarse pretraining).
+    ceiling = {m: (u.get("test") if same_labels else (u.get("label_probe") or {}).get("test")) or {}
+               for m, u in unimodal.items()}
+    uni = {m: c[metric] for m, c in ceiling.items() if metric in c} or None
     return {"kind": cfg.label, "label": cfg.label, "pretrain_task": cfg.pretrain_task, "select": cfg.select,
             "signature": sig, "lee_eta": lee_etas(runs),
             "latency": dict(latency),

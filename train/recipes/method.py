@@ -93,14 +93,16 @@ class UnimodalArtefacts:
     pretrain_task: str = "labels"  # what the encoders' heads learnt (train.data.pretrain_tasks)
 
 
-def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], num_classes: int
-                        ) -> dict[str, torch.nn.Linear]:
-    """The linear head each unimodal run saved (head.safetensors), checked against the task's classes."""
+def load_unimodal_heads(directory: Path, encoders: dict[str, torch.nn.Module], num_classes: int,
+                        file: str = "head.safetensors") -> dict[str, torch.nn.Linear]:
+    """The linear head each unimodal run saved (``file``), checked against the task's classes."""
     heads = {}
     for m, enc in encoders.items():
-        path = directory / m / "head.safetensors"
+        path = directory / m / file
         if not path.is_file():
-            raise NotFound(f"no unimodal head at {path}; re-run `mmedge train unimodal --modality {m}`")
+            raise NotFound(f"no unimodal head at {path}; re-run `mmedge train unimodal --modality {m}`"
+                           + (" with the same --pretrain-task (it adds the label probe)" if file != "head.safetensors"
+                              else ""))
         state = load_file(str(path))
         head = torch.nn.Linear(int(enc.hidden_size), num_classes)
         if tuple(state["weight"].shape) != tuple(head.weight.shape):
@@ -152,13 +154,14 @@ def load_unimodal(data: MultimodalDataset, directory: Path, heads: bool = False,
             tasks[m] = meta.get("pretrain_task", "labels")
         specs[m] = spec
     task = pretrain_task_of(tasks, directory)
-    if heads and task != "labels":
-        raise ConfigError(f"the unimodal encoders in {directory} were pretrained on {task!r}, so their heads predict "
-                         f"{task} classes, not {data.name!r}'s {data.num_classes} labels; this method uses the "
-                         "unimodal heads (uses_unimodal_heads): pretrain with `mmedge train unimodal "
-                         "--pretrain-task labels` (or pass such a --unimodal-dir), or pick a method without heads")
-    return UnimodalArtefacts(encoders, specs, load_unimodal_heads(directory, encoders, data.num_classes) if heads else None,
-                             task)
+    if not heads:
+        return UnimodalArtefacts(encoders, specs, None, task)
+    # Encoders pretrained on a coarse task: their heads predict that task; the methods get the label probe
+    # fitted over the frozen encoder instead (train/recipes/label_probe.py).
+    from train.recipes.label_probe import PROBE_FILE
+
+    file = "head.safetensors" if task == "labels" else PROBE_FILE
+    return UnimodalArtefacts(encoders, specs, load_unimodal_heads(directory, encoders, data.num_classes, file), task)
 
 
 def pretrain_task_of(tasks: dict[str, str], directory: Path) -> str:

@@ -5,6 +5,8 @@ later freeze. Layout of ``out``:
 
     encoder/          HF format (save_pretrained, safetensors) + mmedge_encoder.json
     head.safetensors  the linear head (useful for unimodal baselines)
+    label_head.safetensors  with a coarse --pretrain-task: a linear probe on the downstream labels over
+                      the frozen encoder (train/recipes/label_probe.py), for the methods that use the heads
     modality.json     name, type and the fitted preprocessing spec
     metrics.json      val/test metrics, history, wall time, parameter counts
     checkpoints/      last/ (resume point) and best.safetensors
@@ -114,8 +116,8 @@ def _make_encoder(cfg: UnimodalConfig, data: MultimodalDataset) -> tuple[Modalit
 def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
     """Train, evaluate on test, save the encoder; returns the metrics written to metrics.json."""
     seed_everything(cfg.seed)
-    data = relabel_for_pretraining(load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed),
-                                   cfg.pretrain_task)
+    base = load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+    data = relabel_for_pretraining(base, cfg.pretrain_task)
     if cfg.modality not in data.modalities:
         raise ConfigError(f"dataset {data.name!r} has no modality {cfg.modality!r}; it has {data.modality_names}")
     out = cfg.out or unimodal_run_dir(cfg)
@@ -154,6 +156,14 @@ def pretrain_unimodal(cfg: UnimodalConfig) -> dict[str, Any]:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
     }
     state = process_state()
+    if state.is_main_process and cfg.pretrain_task != "labels":
+        # The downstream labels' linear probe for the methods that start from the unimodal heads, on the
+        # same samples (ids) the encoder was trained and validated on; the encoder stays frozen.
+        from train.recipes.label_probe import fit_label_probe
+
+        by_id = {x.id: x for split in base.splits.values() for x in split}
+        metrics["label_probe"] = fit_label_probe(encoder, spec, {k: [by_id[x.id] for x in v] for k, v in has.items()},
+                                                 base.task, base.num_classes, out, seed=cfg.seed)
     if state.is_main_process:  # one writer under several processes
         with atomic_dir(out / "encoder") as tmp:
             encoder.save_pretrained(tmp)

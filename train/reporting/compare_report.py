@@ -115,7 +115,13 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     if uni:
         lines += ["Unimodal encoders (frozen in every method), their own linear heads on test: " + "; ".join(
             f"{m} {u['test'].get(results['metric'], float('nan')) * 100:.2f}% on "
-            f"{u.get('pretrain_task') or 'labels'}" for m, u in uni.items() if u.get("test")) + ".", ""]
+            f"{u.get('pretrain_task') or 'labels'}" for m, u in uni.items() if u.get("test")) + "."]
+        probes = {m: u["label_probe"]["test"] for m, u in uni.items() if (u.get("label_probe") or {}).get("test")}
+        if probes:  # coarse pretraining: the downstream labels' ceiling and the heads prompt-vicreg/UME-MMA start from
+            lines += ["Linear probes on the downstream labels over the frozen encoders (the unimodal ceiling here, "
+                      "and the heads of the methods that use unimodal heads): " + "; ".join(
+                          f"{m} {t.get(results['metric'], float('nan')) * 100:.2f}%" for m, t in probes.items()) + "."]
+        lines += [""]
     lines += ["### Leaderboard", "",
               f"Test {results['metric']} (%), mean ± sample sd over seeds; each pattern through its own branch with "
               "the other modalities withheld. Sweep AUC: the missing-rate sweep's mean over x, averaged over its "
