@@ -17,7 +17,8 @@ from test_multimodal import save_unimodal
 from tiny_multimodal import make_dataset
 from train.data.pretrain_tasks import DIGITS, relabel_for_pretraining
 from train.data.types import MultimodalDataset, Sample
-from train.reporting.claims import FAILS, HOLDS, NOT_RUN, WITHIN, claim_verdicts, cmpt_claim, gap_status, srmm_claim
+from train.reporting.claims import (FAILS, HOLDS, NOT_RUN, ONE_SEED, WITHIN, claim_verdicts, cmpt_claim, gap_status,
+                                    srmm_claim)
 from train.reporting.compare_stats import curve_auc
 
 FULL, MISSING = "audio+image", ["audio", "image"]
@@ -72,6 +73,11 @@ def test_cmpt_claim_holds_fails_and_is_within_the_spread() -> None:
     # A loss with every modality present fails the claim even when the ordering is clear.
     loss = per_seed({"late-fusion": pats(0.9, 0.3), "modality-dropout": pats(0.9, 0.5), "cmpt": pats(0.8, 0.7)})
     assert cmpt_claim(loss, FULL, MISSING)["status"] == FAILS
+    # One seed in an arm: no spread, so even a clear gap is shown but not judged.
+    single = {m: {**v, "patterns": {k: x[1:2] for k, x in v["patterns"].items()}} if m == "cmpt" else v
+              for m, v in holds.items()}
+    one = cmpt_claim(single, FULL, MISSING)
+    assert one["status"] == ONE_SEED and one["numbers"]["audio: cmpt > dropout"]["gap"] == pytest.approx(0.2)
 
 
 def test_srmm_claim_on_degradation_and_unregistered_methods_are_not_run() -> None:

@@ -1,9 +1,10 @@
 """One verdict per paper claim, from the comparison's per-seed numbers, with the seed spread in view.
 
 Pure functions on plain numbers (testable on hand-made values). Every verdict is one of
-HOLDS / FAILS / WITHIN (the deciding gap is not larger than the seed spread) / NOT_RUN (a method
-the claim needs is not registered or was not run, or the protocol it needs was skipped), and
-carries the numbers that decided it.
+HOLDS / FAILS / WITHIN (the deciding gap is not larger than the seed spread) / ONE_SEED (an arm
+has a single seed, so no spread to judge the gap by) / NOT_RUN (a method the claim needs is not
+registered or was not run, or the protocol it needs was skipped), and carries the numbers that
+decided it.
 
 The spread of a gap between two methods is the larger of their two seed sds: a gap smaller than
 one seed sd of either arm is not evidence either way.
@@ -23,6 +24,8 @@ from typing import Any
 from train.reporting.ablation_stats import BASELINE, DROPOUT, PROPOSED, mean_sd
 
 HOLDS, FAILS, WITHIN, NOT_RUN = "holds", "fails", "within the seed spread", "not run"
+# A gap between arms of which one has a single seed has no spread to weigh it against: a reading, not a verdict.
+ONE_SEED = "one seed: no spread to judge by"
 # UME-MMA's "about 1.5 points of the unimodal model" and "far above naive late fusion".
 UME_TOLERANCE, FAR_ABOVE = 0.015, 0.05
 KIM, UME, SRMM, MLA = "prompt-vicreg", "ume-mma", "srmm", "mla"
@@ -49,6 +52,8 @@ def combine(statuses: Sequence[str]) -> str:
     """Every part must hold: one failure fails; otherwise any part within the spread leaves it within."""
     if not statuses or NOT_RUN in statuses:
         return NOT_RUN
+    if ONE_SEED in statuses:
+        return ONE_SEED
     if FAILS in statuses:
         return FAILS
     return WITHIN if WITHIN in statuses else HOLDS
@@ -62,8 +67,9 @@ def _not_run(claim: str, needs: Sequence[str], data: Mapping[str, Any], why: str
 
 def _compare(a: str, b: str, sa: Mapping[str, Any], sb: Mapping[str, Any], margin: float = 0.0) -> dict[str, Any]:
     gap, sd = sa["mean"] - sb["mean"], spread(sa, sb)
+    one_seed = any(s.get("n") == 1 for s in (sa, sb))  # the unimodal ceiling (no "n") is a fixed number
     return {"a": a, "b": b, "mean_a": sa["mean"], "mean_b": sb["mean"], "gap": gap, "spread": sd, "margin": margin,
-            "status": gap_status(gap, sd, margin)}
+            "status": ONE_SEED if one_seed else gap_status(gap, sd, margin)}
 
 
 def _degradation(per_method: Mapping[str, Any], full: str, missing: Sequence[str]) -> dict[str, Any]:

@@ -137,5 +137,6 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
                   f"{lat['settings']['runs']} runs after {lat['settings']['warmup']} warm-up).", ""]
     lines += ["### Verdicts on the papers' claims", "",
               "Each verdict compares means; a gap not larger than the larger seed sd of the two arms is "
-              "*within the seed spread*.", "", *[claim_line(v) for v in results.get("claims", [])], ""]
+              "*within the seed spread*; with a single seed in an arm there is no spread, so the gap is "
+              "shown but not judged (*one seed*).", "", *[claim_line(v) for v in results.get("claims", [])], ""]
     return lines
