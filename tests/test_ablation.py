@@ -119,6 +119,29 @@ def test_report_renders_tables_plot_and_verdicts(tmp_path: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp file left behind
 
 
+def test_report_record_keeps_each_regime_and_renders_from_it(tmp_path: Path) -> None:
+    from train.reporting.report import write_report
+
+    src = write_fake_results(tmp_path / "runs")
+    record = tmp_path / "record"
+    write_report(tmp_path / "runs", tmp_path / "docs" / "results.md", record=record)
+    kept = record / "av-digits" / "ablation" / "results.json"
+    assert json.loads(kept.read_text()) == json.loads(src.read_text())
+    # A later run folder holding another dataset adds to the record; the first regime stays.
+    other = json.loads(src.read_text()) | {"dataset": "easy-vqa"}
+    later = tmp_path / "later" / "easy-vqa" / "ablation" / "results.json"
+    later.parent.mkdir(parents=True)
+    later.write_text(json.dumps(other))
+    out = write_report(tmp_path / "later", tmp_path / "docs" / "results.md", record=record)
+    text = out.read_text()
+    assert kept.is_file() and (record / "easy-vqa" / "ablation" / "results.json").is_file()
+    assert f"`{kept}`" in text and f"--record {record}" in text
+    assert text.count("## ") >= 3  # both datasets' sections and the caveats
+    # The record alone regenerates the same report (a clean checkout has no run folders).
+    again = write_report(record, tmp_path / "docs" / "again.md")
+    assert again.read_text().split("\n", 4)[4] == text.split("\n", 4)[4]
+
+
 def test_tiny_ablation_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
     import train.data.registry as registry

@@ -55,12 +55,18 @@ def add_ablation_parsers(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "report",
-        help="generate docs/results.md from every runs/<dataset>/ablation/results.json",
-        description="Render the ablation results (tables, sweep plots, verdicts, parameters, wall times) as Markdown.",
+        help="generate docs/results.md from every runs/<dataset>/{compare,ablation}*/results.json",
+        description="Render the comparison and ablation results (leaderboards, plots, verdicts, parameters, wall "
+                    "times) as Markdown. With --record, each results.json found is first copied into the record "
+                    "(replacing that dataset's regime, keeping the others) and the report is rendered from the "
+                    "record: the repository keeps its record in docs/results-data, so `mmedge train report "
+                    "--runs-dir docs/results-data` regenerates docs/results.md on a clean checkout.",
         formatter_class=DefaultsFormatter,
     )
     r.add_argument("--runs-dir", type=Path, default=Path("runs"))
     r.add_argument("--out", type=Path, default=Path("docs/results.md"))
+    r.add_argument("--record", type=Path, default=None,
+                   help="keep each results.json in this folder and render from it (e.g. docs/results-data)")
     r.set_defaults(func=_run_report)
 
 
@@ -87,6 +93,6 @@ def _run_ablation(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from train.reporting.report import write_report
 
-    path = write_report(args.runs_dir, args.out)
+    path = write_report(args.runs_dir, args.out, record=args.record)
     print(f"report written to {path}")
     return 0
