@@ -103,6 +103,24 @@ def test_ume_claim_against_the_unimodal_ceiling_and_late_fusion() -> None:
     assert ume_claim(data, MISSING, None)["status"] == NOT_RUN  # coarse pretraining: no comparable ceiling
 
 
+def test_report_lines_for_proxy_r2_and_summed_training_time() -> None:
+    from train.reporting.compare_report import proxy_r2_lines, training_time_text
+
+    hist = [{"epoch": 0, "train_proxy_r2": -1.25}, {"epoch": 1, "train_proxy_r2": 0.125},
+            {"epoch": 2, "train_proxy_r2": 0.5}]
+    results = {"runs": [
+        {"method": "cmpt", "seed": 1, "best_epoch": 0, "history": hist, "wall_time_s": {"train": 90.0}},
+        {"method": "cmpt", "seed": 0, "best_epoch": 1, "history": hist, "wall_time_s": {"train": 30.0},
+         "lee": {"wall_time_s": 600.0}},
+        {"method": "late-fusion", "seed": 0, "best_epoch": 2, "history": [{"epoch": 0}], "wall_time_s": {"train": 60.0}},
+    ]}
+    assert proxy_r2_lines(results) == [
+        "- cmpt: proxy-vs-CLS R² on the training batches, seeds 0, 1: 0.12 / -1.25 at the selected epoch; "
+        "0.50 / 0.50 at the last epoch (3)."]
+    # 90 + 30 + 60 s = 3.0 min; the one Lee grid 600 s = 10.0 min
+    assert training_time_text(results) == "3 runs trained in 3.0 min summed, plus 10.0 min for their Lee et al. grids"
+
+
 def test_curve_auc_is_the_mean_over_the_swept_range() -> None:
     assert curve_auc([0, 50, 100], [0.2, 0.6, 1.0]) == pytest.approx(0.6)
     assert curve_auc([0, 100], [0.5, 0.5]) == pytest.approx(0.5)

@@ -96,6 +96,35 @@ def lee_text(results: Mapping[str, Any]) -> str:
             "the three cases")
 
 
+def training_time_text(results: Mapping[str, Any]) -> str:
+    """The summed training time of every run in the results (several invocations add up to one comparison)."""
+    runs = results.get("runs", [])
+    total = sum(float((r.get("wall_time_s") or {}).get("train") or 0.0) for r in runs)
+    lee = sum(float((r.get("lee") or {}).get("wall_time_s") or 0.0) for r in runs)
+    text = f"{len(runs)} runs trained in {total / 60:.1f} min summed"
+    return text + (f", plus {lee / 60:.1f} min for their Lee et al. grids" if lee else "")
+
+
+def proxy_r2_lines(results: Mapping[str, Any]) -> list[str]:
+    """The methods that log ``train_proxy_r2`` per epoch (CMPT): how well their proxies predict the CLS they stand
+    in for (1 = exactly, 0 = no better than the batch mean), at the selected epoch and at the last."""
+    by_method: dict[str, list[tuple[int, float | None, float, int]]] = {}
+    for r in results.get("runs", []):
+        hist = [h for h in r.get("history") or [] if h.get("train_proxy_r2") is not None]
+        if hist:
+            at = {h["epoch"]: h["train_proxy_r2"] for h in hist}
+            by_method.setdefault(r["method"], []).append(
+                (r["seed"], at.get(r.get("best_epoch")), hist[-1]["train_proxy_r2"], hist[-1]["epoch"] + 1))
+    lines = []
+    for method, rows in by_method.items():
+        rows.sort()
+        sel = " / ".join("–" if v is None else f"{v:.2f}" for _, v, _, _ in rows)
+        last = " / ".join(f"{v:.2f}" for _, _, v, _ in rows)
+        lines.append(f"- {method}: proxy-vs-CLS R² on the training batches, seeds {', '.join(str(r[0]) for r in rows)}: "
+                     f"{sel} at the selected epoch; {last} at the last epoch ({rows[0][3]}).")
+    return lines
+
+
 def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
     eff, ns, mach = results["effective"], results["num_samples"], results.get("machine", {})
     seeds = sorted({s for r in results["leaderboard"] for s in r["seeds"]})
@@ -107,8 +136,9 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
              f"{results['config'].get('batch_size')}, checkpoint selected on `--select "
              f"{results.get('select', 'patterns')}`, training seeds {', '.join(map(str, seeds))}. "
              f"Trained on {mach.get('cpu', '?')} ({mach.get('cores_usable', '?')} cores usable, "
-             f"{mach.get('gpu') or mach.get('device', 'cpu')}) in {results['wall_time_s'] / 60:.1f} min "
-             f"(this invocation), finished {results.get('finished_at', '?')}. Command: `{results.get('command', '?')}`.",
+             f"{mach.get('gpu') or mach.get('device', 'cpu')}): {training_time_text(results)}; the last invocation "
+             f"took {results['wall_time_s'] / 60:.1f} min and finished {results.get('finished_at', '?')}. Its "
+             f"command: `{results.get('command', '?')}`.",
              ""]
     lines += [f"> {n}" for n in results.get("notes", [])] + ([""] if results.get("notes") else [])
     uni = results.get("unimodal") or {}
@@ -128,6 +158,10 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
               f"directions. Lee 3-case avg: {lee_text(results)}. Latency: the first seed's bundle, onnxruntime "
               "CPU, batch 1.", "",
               leaderboard_table(results), ""]
+    r2 = proxy_r2_lines(results)
+    if r2:
+        lines += ["Proxy convergence (the diagnostic logged per epoch; the checkpoint is chosen on validation "
+                  "accuracy, not on it):", "", *r2, ""]
     lines += _figures(results, out_dir)
     lat = next(iter((results.get("latency") or {}).values()), None)
     if lat:
