@@ -15,6 +15,7 @@ import pytest
 import train.recipes.compare  # noqa: F401
 from test_multimodal import save_unimodal
 from tiny_multimodal import make_dataset
+from runtime.errors import ConfigError
 from train.data.pretrain_tasks import DIGITS, relabel_for_pretraining
 from train.data.types import MultimodalDataset, Sample
 from train.reporting.claims import (FAILS, HOLDS, NOT_RUN, ONE_SEED, WITHIN, claim_verdicts, cmpt_claim, gap_status,
@@ -121,6 +122,19 @@ def test_report_lines_for_proxy_r2_and_summed_training_time() -> None:
     assert training_time_text(results) == "3 runs trained in 3.0 min summed, plus 10.0 min for their Lee et al. grids"
 
 
+def test_folder_lock_refuses_a_second_writer_and_is_released(tmp_path: Path) -> None:
+    import os
+
+    from train.engine.folder_lock import folder_lock
+
+    with folder_lock(tmp_path / "f", "compare"):
+        with pytest.raises(ConfigError, match=f"another compare \\(pid {os.getpid()}\\) is writing"):
+            with folder_lock(tmp_path / "f", "compare"):
+                pass
+    with folder_lock(tmp_path / "f", "compare"):  # released on exit: taken again
+        pass
+
+
 def test_curve_auc_is_the_mean_over_the_swept_range() -> None:
     assert curve_auc([0, 50, 100], [0.2, 0.6, 1.0]) == pytest.approx(0.6)
     assert curve_auc([0, 100], [0.5, 0.5]) == pytest.approx(0.5)
@@ -152,6 +166,11 @@ def test_tiny_compare_end_to_end_through_the_cli(tmp_path: Path, monkeypatch: py
             "--warmup-epochs", "0", "--batch-size", "6", "--sweep-fractions", "0,50,100", "--no-lee", "--no-export",
             "--out", str(out), "--unimodal-dir", str(tmp_path / "unimodal"), "--runs-dir", str(tmp_path / "runs"),
             "--report", str(report)]
+    from train.engine.folder_lock import folder_lock
+
+    with folder_lock(out, "test holder"):  # another invocation writing this folder: refused before any training
+        assert main(argv) == 2
+    assert "is writing" in capsys.readouterr().err and not (out / "results.json").exists()
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "compare" and results["pretrain_task"] == "labels" and results["select"] == "patterns"

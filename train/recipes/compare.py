@@ -16,7 +16,9 @@ results.json is rewritten after every run and every export, so an interrupted co
 resumes where it stopped: a run whose record matches the current settings is not redone. The
 Lee grid is an add-on to a run record (its own eta recorded), so ``--no-lee`` first and the grid
 later trains only the grid. Records of methods or seeds left out of this invocation (``--methods``,
-``--seeds``) stay in results.json and in the report.
+``--seeds``) stay in results.json and in the report. One invocation writes a folder at a time: a
+second one on the same folder stops at once with a ConfigError (train.engine.folder_lock), since
+each would otherwise drop the records the other adds.
 The ablation (train.recipes.ablation) is this comparison restricted to three methods, without
 the Lee grid and the export.
 """
@@ -33,6 +35,7 @@ from typing import Any
 from runtime.patterns import Pattern, all_patterns
 from train.data.types import MultimodalDataset
 from train.engine.checkpoint import write_json_atomic
+from train.engine.folder_lock import folder_lock
 from train.engine.metrics import headline
 from train.recipes.ablation import RESULTS, AblationConfig, ensure_unimodal, run_one, settings, summarise
 from train.reporting.compare_stats import claims_input, leaderboard, sweep_auc
@@ -176,6 +179,18 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
 
         dataset = load_dataset(cfg.dataset, cfg.data_dir, limit=eff["limit"], seed=cfg.data_seed)
     out, udir = compare_dir(cfg), unimodal_dir(cfg)
+    with folder_lock(out, f"`mmedge train {cfg.label}`"):
+        results = _compare_runs(cfg, dataset, methods, eff, sig, started_at, t0, out, udir)
+    if cfg.report is not None:
+        from train.reporting.report import write_report
+
+        write_report(cfg.runs_dir, cfg.report, extra=[out / RESULTS])
+    return results
+
+
+def _compare_runs(cfg: CompareConfig, dataset: MultimodalDataset, methods: list[str], eff: dict[str, Any],
+                  sig: dict[str, Any], started_at: str, t0: float, out: Path, udir: Path) -> dict[str, Any]:
+    """The runs, the Lee grids and the exports of one invocation, results.json saved after each (under the lock)."""
     unimodal = ensure_unimodal(cfg, dataset, udir, eff["unimodal_epochs"], eff["limit"])
     prev = _previous(out / RESULTS)
     prev_runs = {(r["method"], r["seed"]): r for r in prev.get("runs", []) if r.get("signature") == sig}
@@ -222,10 +237,6 @@ def run_compare(cfg: CompareConfig, dataset: MultimodalDataset | None = None) ->
             latency[method] = {**export_and_time(cfg, dataset, method, rdir, out / method / "bundle", seed),
                                "signature": sig}
             results = save()
-    if cfg.report is not None:
-        from train.reporting.report import write_report
-
-        write_report(cfg.runs_dir, cfg.report, extra=[out / RESULTS])
     return results
 
 
