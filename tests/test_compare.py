@@ -104,6 +104,23 @@ def test_ume_claim_against_the_unimodal_ceiling_and_late_fusion() -> None:
     assert ume_claim(data, MISSING, None)["status"] == NOT_RUN  # coarse pretraining: no comparable ceiling
 
 
+def test_report_lee_table_is_the_grid_diagonal_over_seeds() -> None:
+    from train.reporting.compare_report import lee_table
+
+    def lee(a: float, b: float) -> dict[str, Any]:
+        grid = {"x": {"x": a, "y": 0.0}, "y": {"x": 0.0, "y": b}}  # off-diagonal cells are not in the table
+        return {"cases": ["x", "y"], "descriptions": {"x": "x 30%"}, "grid": grid, "three_case_average": (a + b) / 2}
+
+    results = {"leaderboard": [{"method": "pv"}, {"method": "lf"}, {"method": "srmm"}], "runs": [
+        {"method": "pv", "seed": 1, "lee": lee(0.9, 0.8)}, {"method": "pv", "seed": 0, "lee": lee(0.7, 0.8)},
+        {"method": "lf", "seed": 0, "lee": lee(0.5, 0.6)}, {"method": "srmm", "seed": 0}]}
+    # pv: x = (0.9 + 0.7) / 2 = 80.00, sd = sqrt(2 * 0.1^2) = 14.14; y = 80.00 ± 0.00; average (0.85 + 0.75) / 2
+    assert lee_table(results).split("\n") == [
+        "| method | seeds | x (x 30%) | y | 3-case avg |", "| --- | --- | --- | --- | --- |",
+        "| pv | 0, 1 | 80.00 ± 14.14 | 80.00 ± 0.00 | 80.00 ± 7.07 |", "| lf | 0 | 50.00 | 60.00 | 55.00 |"]
+    assert lee_table({"leaderboard": [], "runs": [{"method": "pv", "seed": 0}]}) is None
+
+
 def test_report_lines_for_proxy_r2_and_summed_training_time() -> None:
     from train.reporting.compare_report import proxy_r2_lines, training_time_text
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from train.reporting.ablation_stats import mean_sd
 from train.reporting.claims import claim_line
 
 REGIMES = {
@@ -96,6 +97,26 @@ def lee_text(results: Mapping[str, Any]) -> str:
             "the three cases")
 
 
+def lee_table(results: Mapping[str, Any]) -> str | None:
+    """The Lee et al. grid's diagonal per method (trained and tested under the same case), mean ± sd over the seeds
+    that have a grid; None when no run has one."""
+    runs = [r for r in results.get("runs", []) if r.get("lee")]
+    if not runs:
+        return None
+    cases = runs[0]["lee"]["cases"]
+    desc = runs[0]["lee"].get("descriptions") or {}
+    rows = ["| method | seeds | " + " | ".join(f"{c} ({desc[c]})" if c in desc else c for c in cases) +
+            " | 3-case avg |", "|" + " --- |" * (len(cases) + 3)]
+    for method in [r["method"] for r in results["leaderboard"]]:
+        mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        cells = [_pct(mean_sd(r["lee"]["grid"][c][c] for r in mine)) for c in cases]
+        rows.append(f"| {method} | {', '.join(str(r['seed']) for r in mine)} | " + " | ".join(cells) +
+                    f" | {_pct(mean_sd(r['lee']['three_case_average'] for r in mine))} |")
+    return "\n".join(rows)
+
+
 def training_time_text(results: Mapping[str, Any]) -> str:
     """The summed training time of every run in the results (several invocations add up to one comparison)."""
     runs = results.get("runs", [])
@@ -158,6 +179,10 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
               f"directions. Lee 3-case avg: {lee_text(results)}. Latency: the first seed's bundle, onnxruntime "
               "CPU, batch 1.", "",
               leaderboard_table(results), ""]
+    lee = lee_table(results)
+    if lee:
+        lines += [f"The Lee et al. grid per case: test {results['metric']} (%), mean ± sd over the seeds with a grid; "
+                  "each case's training and test splits miss each modality at the rates shown:", "", lee, ""]
     r2 = proxy_r2_lines(results)
     if r2:
         lines += ["Proxy convergence (the diagnostic logged per epoch; the checkpoint is chosen on validation "
