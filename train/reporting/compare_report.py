@@ -167,11 +167,18 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
         lines += ["Unimodal encoders (frozen in every method), their own linear heads on test: " + "; ".join(
             f"{m} {u['test'].get(results['metric'], float('nan')) * 100:.2f}% on "
             f"{u.get('pretrain_task') or 'labels'}" for m, u in uni.items() if u.get("test")) + "."]
-        probes = {m: u["label_probe"]["test"] for m, u in uni.items() if (u.get("label_probe") or {}).get("test")}
-        if probes:  # coarse pretraining: the downstream labels' ceiling and the heads prompt-vicreg/UME-MMA start from
-            lines += ["Linear probes on the downstream labels over the frozen encoders (the unimodal ceiling here, "
-                      "and the heads of the methods that use unimodal heads): " + "; ".join(
-                          f"{m} {t.get(results['metric'], float('nan')) * 100:.2f}%" for m, t in probes.items()) + "."]
+        probes = {m: u["label_probe"] for m, u in uni.items() if (u.get("label_probe") or {}).get("test")}
+        if probes:  # coarse pretraining: the downstream labels' ceiling, and the heads prompt-vicreg/UME-MMA start from
+            def pct(t: Mapping[str, Any] | None) -> str:
+                return f"{(t or {}).get(results['metric'], float('nan')) * 100:.2f}%"
+
+            lines += ["Linear probes on the downstream labels over the frozen encoders, on whitened features (the "
+                      "unimodal ceiling here): " + "; ".join(f"{m} {pct(p['test'])}" for m, p in probes.items()) + "."]
+            heads = {m: p["head"]["test"] for m, p in probes.items() if (p.get("head") or {}).get("test")}
+            if heads:
+                lines += ["The heads the methods with unimodal heads start from (the same fit on the raw features, "
+                          "which the whitened one outgrows: see train/recipes/label_probe.py): " +
+                          "; ".join(f"{m} {pct(t)}" for m, t in heads.items()) + "."]
         lines += [""]
     lines += ["### Leaderboard", "",
               f"Test {results['metric']} (%), mean ± sample sd over seeds; each pattern through its own branch with "
