@@ -104,6 +104,24 @@ def test_ume_claim_against_the_unimodal_ceiling_and_late_fusion() -> None:
     assert ume_claim(data, MISSING, None)["status"] == NOT_RUN  # coarse pretraining: no comparable ceiling
 
 
+def test_report_ceiling_table_by_hand() -> None:
+    from train.reporting.compare_report import ceiling_table
+
+    board = [{"method": "mla", "patterns": {"a": {"mean": 0.95}, "b": {"mean": 0.80}}},
+             {"method": "lf", "patterns": {"a": {"mean": 0.70}, "b": {"mean": None}}}]
+    unimodal = {"a": {"test": {"accuracy": 0.97}, "label_probe": {"test": {"accuracy": 0.90}}},
+                "b": {"test": {"accuracy": 0.85}, "label_probe": {"test": {"accuracy": 0.75}}}}
+    base = {"metric": "accuracy", "modalities": ["a", "b"], "patterns": ["a+b", "a", "b"], "leaderboard": board,
+            "unimodal": unimodal}
+    # same labels: the own heads; mla a = 95 - 97 = -2.00, b = 80 - 85 = -5.00; lf a = 70 - 97 = -27.00
+    assert ceiling_table({**base, "pretrain_task": "labels"}).split("\n") == [
+        "| method | `a` minus 97.00 | `b` minus 85.00 |", "| --- | --- | --- |",
+        "| mla | -2.00 | -5.00 |", "| lf | -27.00 | – |"]
+    # coarse: the probes; mla a = 95 - 90 = +5.00, b = 80 - 75 = +5.00
+    assert ceiling_table({**base, "pretrain_task": "coarse-parity"}).split("\n")[2] == "| mla | +5.00 | +5.00 |"
+    assert ceiling_table({**base, "unimodal": {}}) is None
+
+
 def test_report_lee_table_is_the_grid_diagonal_over_seeds() -> None:
     from train.reporting.compare_report import lee_table
 

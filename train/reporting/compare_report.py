@@ -97,6 +97,30 @@ def lee_text(results: Mapping[str, Any]) -> str:
             "the three cases")
 
 
+def ceiling_table(results: Mapping[str, Any]) -> str | None:
+    """Each method's single-modality metric minus the unimodal ceiling, in points (mean over seeds): below zero,
+    the method's branch for that modality reads less out of its frozen encoder than one linear read-out does. The
+    ceiling is the encoder's own head (same-label pretraining) or its whitened label probe (coarse); None without."""
+    coarse = results.get("pretrain_task", "labels") != "labels"
+    metric = results["metric"]
+    ceiling = {}
+    for m, u in (results.get("unimodal") or {}).items():
+        t = ((u.get("label_probe") or {}).get("test") if coarse else u.get("test")) or {}
+        if metric in t:
+            ceiling[m] = float(t[metric])
+    singles = [m for m in results["modalities"] if m in ceiling and m in results["patterns"]]
+    if not singles:
+        return None
+    rows = ["| method | " + " | ".join(f"`{m}` minus {ceiling[m] * 100:.2f}" for m in singles) + " |",
+            "|" + " --- |" * (len(singles) + 1)]
+    for r in results["leaderboard"]:
+        stats = [r["patterns"].get(m) or {} for m in singles]
+        rows.append(f"| {r['method']} | " + " | ".join(
+            "–" if st.get("mean") is None else f"{(st['mean'] - ceiling[m]) * 100:+.2f}"
+            for m, st in zip(singles, stats)) + " |")
+    return "\n".join(rows)
+
+
 def lee_table(results: Mapping[str, Any]) -> str | None:
     """The Lee et al. grid's diagonal per method (trained and tested under the same case), mean ± sd over the seeds
     that have a grid; None when no run has one."""
@@ -186,6 +210,12 @@ def compare_section(results: Mapping[str, Any], out_dir: Path) -> list[str]:
               f"directions. Lee 3-case avg: {lee_text(results)}. Latency: the first seed's bundle, onnxruntime "
               "CPU, batch 1.", "",
               leaderboard_table(results), ""]
+    ceiling = ceiling_table(results)
+    if ceiling:
+        read_out = "own unimodal head" if task == "labels" else "whitened label probe"
+        lines += [f"Against the unimodal ceiling: each method's test {results['metric']} with one modality alone minus "
+                  f"that modality's {read_out} (points, mean over seeds; below zero, the method gets less out of the "
+                  "frozen encoder than one linear read-out does):", "", ceiling, ""]
     lee = lee_table(results)
     if lee:
         lines += [f"The Lee et al. grid per case: test {results['metric']} (%), mean ± sd over the seeds with a grid; "
