@@ -189,7 +189,7 @@ def test_wav_folder_to_exported_wav2vec2_matches_torch(tmp_path: Path) -> None:
 
     from export.fusion import export_copy
     from runtime.runners.onnxrt import create_session, session_options
-    from tests.test_encoder_families import H, P, Prompted, _audio, export_onnx
+    from encoder_cases import H, P, Prompted, _audio, export_onnx
     from train.data import user_format
     from train.encoders import load_encoder
     from train.encoders.model_spec import encoder_spec

@@ -6,15 +6,14 @@ mechanisms (fixed length, attended pads, last-position pooling) are in tests/tes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from encoder_cases import (B, CASES, H, IDS, P, SIGLIP_LEN, Case, attends_pads, checkpoints,  # noqa: F401 (fixture)
-                           is_text, kind, make_inputs, real_rows, run)
+from encoder_cases import (B, CASES, H, IDS, P, SIGLIP_LEN, Case, Prompted, attends_pads,  # noqa: F401 (fixture)
+                           checkpoints, export_onnx, is_text, kind, make_inputs, real_rows, run)
 from train.encoders import load_encoder
 from train.methods.base import adapt_encoders
 from train.modules.lora import inject_lora
@@ -91,37 +90,6 @@ def test_run_rebuild_and_save_round_trip(case: Case, checkpoints: dict[str, Path
     torch.testing.assert_close(run(rebuilt, inputs, prompts, readonly=True), expected, rtol=0, atol=0)
     enc.save_pretrained(tmp_path)
     torch.testing.assert_close(run(load_encoder(tmp_path), inputs, prompts, readonly=True), expected, rtol=0, atol=0)
-
-
-class Prompted(nn.Module):
-    """Each family's encoder with learned prompts, called positionally (as a pattern branch is).
-
-    One graph per input kind holds every family of that kind, so the test pays the exporter's
-    fixed cost twice rather than once per family; each family is still its own output.
-    """
-
-    def __init__(self, encoders: dict[str, nn.Module], readonly: dict[str, bool]) -> None:
-        super().__init__()
-        self.encs, self.readonly = nn.ModuleDict(encoders), readonly
-        self.prompts = nn.ParameterDict({k: nn.Parameter(torch.randn(1, P, H)) for k in encoders})
-        self.input_names = tuple(next(iter(encoders.values())).input_names)
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        inputs = dict(zip(self.input_names, args))
-        return tuple(enc(inputs, prefix=self.prompts[k], readonly_prefix=self.readonly[k])
-                     for k, enc in self.encs.items())
-
-
-def export_onnx(module: nn.Module, example: dict[str, torch.Tensor], names: list[str], outputs: list[str],
-                seq: dict[int, Any], path: Path) -> Path:
-    """``module(*example[names])`` as a dynamo ONNX graph, batch axis and the ``seq`` axes dynamic."""
-    from torch.export import Dim
-
-    dims = {n: {0: Dim("batch", min=1, max=64), **seq} for n in names}
-    torch.onnx.export(module, tuple(example[n] for n in names), str(path), dynamo=True, opset_version=18,
-                      external_data=False, input_names=names, output_names=outputs,
-                      dynamic_shapes={"args": tuple(dims[n] for n in names)})
-    return path
 
 
 @pytest.mark.parametrize("group", ["text", "image", "audio"])
